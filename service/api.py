@@ -1,0 +1,190 @@
+"""The iTwin Platform client: limiter, token, send, classify, retry — for every call.
+
+Every attempt takes a limiter token first, so the budget counts retries too. Retries are
+tenacity's: 429s wait on the shared limiter (which the 429 paused) within a total wait budget,
+a 401 refreshes the token once, and failures that prove the request was not processed back off
+exponentially with full jitter for a bounded number of attempts. A POST whose answer was lost
+is never repeated: it ends as `OutcomeUnknown` instead of risking a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.wait import wait_random_exponential
+
+from service.auth import TokenProvider
+from service.commands import ApiRequest
+from service.errors import (
+    IDEMPOTENT_METHODS,
+    ApiError,
+    OutcomeUnknown,
+    RateLimited,
+    RetriesExhausted,
+    TokenRejected,
+    TransientError,
+    WorkerError,
+    classify_failure,
+)
+from service.limiter import Limiter
+
+ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
+# Failures before the request left this machine: always safe to repeat.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    """Attempts for failures that prove the request was not processed."""
+    initial: float = 0.5
+    maximum: float = 10.0
+    rate_limit_budget: float = 300.0
+    """Total seconds of 429 pauses one command may sit through."""
+    default_retry_after: float = 5.0
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    document: dict[str, Any]
+    attempts: int
+
+
+class _Tries:
+    """One command's retry budget, read by tenacity's stop and wait hooks."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.sent = 0
+        self.failures = 0
+        self.rate_limited_for = 0.0
+        self.refreshed = False
+        self._backoff = wait_random_exponential(multiplier=policy.initial, max=policy.maximum)
+
+    def stop(self, state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RateLimited):
+            self.rate_limited_for += error.retry_after
+            return self.rate_limited_for > self.policy.rate_limit_budget
+        if isinstance(error, TokenRejected):
+            return False
+        self.failures += 1
+        return self.failures >= self.policy.attempts
+
+    def wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        # The limiter already holds everyone for a 429; a refreshed token needs no wait.
+        if isinstance(error, RateLimited | TokenRejected):
+            return 0.0
+        return float(self._backoff(state))
+
+    def exhausted(self, last: TransientError) -> RetriesExhausted:
+        if isinstance(last, RateLimited):
+            message = (
+                f"Still rate limited after {self.rate_limited_for:.0f} s of pauses "
+                f"({last.message})."
+            )
+        else:
+            message = f"Gave up after {self.failures} attempts: {last.code}: {last.message}"
+        return RetriesExhausted(message, status=last.status)
+
+
+class ApiClient:
+    """Sends `ApiRequest`s; returns the API's document or raises a `WorkerError`."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        tokens: TokenProvider,
+        limiter: Limiter,
+        policy: RetryPolicy,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._http = http
+        self._tokens = tokens
+        self._limiter = limiter
+        self._policy = policy
+        self._now = now
+
+    async def send(self, request: ApiRequest) -> ApiResponse:
+        tries = _Tries(self._policy)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=tries.stop,
+            wait=tries.wait,
+            reraise=True,
+        )
+        try:
+            return await retrying(self._attempt, request, tries)
+        except TransientError as exc:
+            error: WorkerError = tries.exhausted(exc)
+        except WorkerError as exc:
+            error = exc
+        error.attempts = tries.sent
+        raise error
+
+    async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
+        await self._limiter.acquire()
+        token = await self._tokens.token()
+        tries.sent += 1
+        try:
+            response = await self._http.request(
+                request.method,
+                request.path,
+                json=request.json,
+                headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT},
+            )
+        except _NOT_SENT as exc:
+            raise TransientError(f"{type(exc).__name__} before the request was sent.") from None
+        except httpx.TransportError as exc:
+            if request.method in IDEMPOTENT_METHODS:
+                raise TransientError(
+                    f"{type(exc).__name__} while waiting for the answer."
+                ) from None
+            raise OutcomeUnknown(
+                f"{type(exc).__name__} after the request was sent: it may have taken effect, "
+                "so it was not repeated."
+            ) from None
+        if response.is_success:
+            return ApiResponse(response.status_code, _document(response), tries.sent)
+        failure = classify_failure(
+            request.method,
+            response.status_code,
+            response.headers,
+            response.content,
+            now=self._now(),
+            default_retry_after=self._policy.default_retry_after,
+        )
+        if isinstance(failure, RateLimited):
+            await self._limiter.pause(failure.retry_after)
+        elif isinstance(failure, TokenRejected):
+            if tries.refreshed:
+                raise ApiError(
+                    failure.message, status=failure.status, code=failure.code, dead_letter=True
+                )
+            tries.refreshed = True
+            self._tokens.invalidate(token)
+        raise failure
+
+
+def _document(response: httpx.Response) -> dict[str, Any]:
+    if not response.content:
+        return {}
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise ApiError(
+            f"The API answered HTTP {response.status_code} with a body that is not a JSON object.",
+            status=response.status_code,
+            code="UnexpectedResponse",
+            dead_letter=True,
+        )
+    return document

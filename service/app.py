@@ -1,0 +1,150 @@
+"""The bootstrap: the one place that builds every dependency and wires them together.
+
+`Worker` owns the broker connection, the HTTP client, the Redis connection and the limiter;
+each command queue gets the same small consumer, which hands the delivery to the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import structlog
+from faststream import AckPolicy
+from faststream.message import StreamMessage
+from faststream.rabbit import Channel, RabbitBroker, RabbitMessage
+from redis.asyncio import Redis
+
+from service.api import ApiClient, RetryPolicy
+from service.auth import ClientCredentials, TokenProvider
+from service.commands import COMMANDS, CommandSpec
+from service.handlers import Delivery, Pipeline
+from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
+from service.outbox import BrokerOutbox
+from service.redis_keys import RedisKeys
+from service.settings import Settings, SettingsError
+from service.topology import Topology
+
+log = structlog.get_logger("itwin_worker.app")
+
+
+def credentials_from(settings: Settings) -> ClientCredentials:
+    missing = [
+        f"ITWIN_WORKER_{name.upper()}"
+        for name in ("client_id", "client_secret")
+        if not getattr(settings, name)
+    ]
+    if missing or settings.client_id is None or settings.client_secret is None:
+        raise SettingsError(f"invalid settings:\n  {', '.join(missing)}: required to run")
+    return ClientCredentials(
+        token_url=str(settings.token_url),
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        scope=settings.scopes,
+    )
+
+
+async def _raw_body(message: StreamMessage[Any]) -> bytes:
+    """Hand the handler the bytes as sent: the pipeline reports bad JSON as InvalidCommand."""
+    return message.body
+
+
+def delivery_from(message: RabbitMessage) -> Delivery:
+    raw = message.raw_message
+    return Delivery(
+        body=raw.body,
+        routing_key=raw.routing_key or "",
+        message_id=raw.message_id,
+        correlation_id=raw.correlation_id,
+        reply_to=raw.reply_to,
+        content_type=raw.content_type,
+        headers=dict(raw.headers or {}),
+    )
+
+
+class Worker:
+    """The running worker: call `start()`, then `stop()` (which drains in-flight commands)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topology = Topology.from_settings(settings)
+        self.broker = RabbitBroker(
+            settings.amqp_url,
+            default_channel=Channel(prefetch_count=settings.prefetch),
+            graceful_timeout=settings.shutdown_grace_seconds,
+            logger=None,
+        )
+        self.http = httpx.AsyncClient(
+            base_url=str(settings.api_base_url),
+            timeout=httpx.Timeout(
+                settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
+            ),
+            limits=httpx.Limits(max_connections=settings.prefetch + 8),
+            headers={"User-Agent": "itwin-worker"},
+        )
+        self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self.tokens = TokenProvider(
+            self.http, credentials_from(settings), settings.token_refresh_margin_seconds
+        )
+        self.api = ApiClient(
+            self.http,
+            self.tokens,
+            self._limiter(),
+            RetryPolicy(
+                attempts=settings.retry_attempts,
+                initial=settings.retry_initial_seconds,
+                maximum=settings.retry_max_seconds,
+                rate_limit_budget=settings.rate_limit_wait_budget_seconds,
+                default_retry_after=settings.default_retry_after_seconds,
+            ),
+        )
+        self.pipeline = Pipeline(self.api, BrokerOutbox(self.broker, self.topology))
+        for spec in COMMANDS:
+            self._consume(self.topology.command_queue(spec), self.topology.commands, spec)
+        self._consume(self.topology.unrouted_queue, self.topology.unrouted, None)
+
+    def _limiter(self) -> Limiter:
+        settings = self.settings
+        buckets = buckets_for(
+            settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_per_hour
+        )
+        if self.redis is None:
+            return LocalLimiter(buckets)
+        return RedisLimiter(self.redis, RedisKeys(settings.redis_prefix), buckets)
+
+    def _consume(self, queue: Any, exchange: Any, spec: CommandSpec | None) -> None:
+        self.broker.subscriber(
+            queue,
+            exchange,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            no_reply=True,
+            decoder=_raw_body,
+        )(_consumer(self.pipeline, spec))
+
+    async def start(self) -> None:
+        await self.broker.connect()
+        topology = self.topology
+        await self.broker.declare_exchange(topology.events)
+        await self.broker.declare_exchange(topology.dead_letters)
+        dead_letter_queue = await self.broker.declare_queue(topology.dead_letter_queue)
+        await dead_letter_queue.bind(topology.dead_letters.name)
+        await self.broker.start()
+        log.info("worker consuming", queues=len(COMMANDS) + 1, prefetch=self.settings.prefetch)
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        log.info("worker stopped")
+
+
+def _consumer(
+    pipeline: Pipeline, spec: CommandSpec | None
+) -> Callable[[bytes, RabbitMessage], Awaitable[None]]:
+    async def consume(body: bytes, message: RabbitMessage) -> None:
+        await pipeline.handle(spec, delivery_from(message))
+
+    consume.__name__ = f"consume_{spec.routing_key if spec else 'unrouted'}".replace(".", "_")
+    return consume

@@ -1,0 +1,121 @@
+"""OAuth2 client credentials: one cached token per process, one fetch for all callers.
+
+The token is refreshed a margin before it expires, and dropped when the API rejects it; callers
+that arrive during a fetch wait for that fetch instead of starting their own. Neither the client
+secret nor a token is ever put into a message, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from pydantic import SecretStr
+
+from service.errors import Unauthorized
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    scope: str
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    refresh_at: float
+
+    def __repr__(self) -> str:
+        return f"_Token(refresh_at={self.refresh_at!r})"
+
+
+class TokenProvider:
+    """Hands out a valid access token, fetching a new one only when it must."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        credentials: ClientCredentials,
+        refresh_margin: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._credentials = credentials
+        self._margin = refresh_margin
+        self._clock = clock
+        self._token: _Token | None = None
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+        """Tokens fetched so far: tests and metrics check that callers share refreshes."""
+
+    async def token(self) -> str:
+        current = self._token
+        if current is not None and self._clock() < current.refresh_at:
+            return current.value
+        async with self._lock:
+            # Whoever held the lock before us may have fetched a fresh one already.
+            current = self._token
+            if current is None or self._clock() >= current.refresh_at:
+                current = await self._fetch()
+                self._token = current
+            return current.value
+
+    def invalidate(self, rejected: str) -> None:
+        """Drop the token the API refused, unless a caller has already replaced it."""
+        if self._token is not None and self._token.value == rejected:
+            self._token = None
+
+    async def _fetch(self) -> _Token:
+        credentials = self._credentials
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret.get_secret_value(),
+            "scope": credentials.scope,
+        }
+        self.fetches += 1
+        try:
+            response = await self._http.post(
+                credentials.token_url, data=form, headers={"Accept": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise Unauthorized(
+                f"The token endpoint could not be reached ({type(exc).__name__}).",
+                retriable=True,
+            ) from None
+        if response.status_code != 200:
+            raise Unauthorized(
+                f"The token endpoint answered HTTP {response.status_code}{_oauth_error(response)}.",
+                status=response.status_code,
+                retriable=response.status_code >= 500 or response.status_code == 429,
+            )
+        try:
+            document = response.json()
+            value = document["access_token"]
+            lifetime = float(document.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError):
+            raise Unauthorized(
+                "The token endpoint answered without a usable access_token.", retriable=True
+            ) from None
+        if not isinstance(value, str) or not value:
+            raise Unauthorized("The token endpoint answered with an empty access_token.")
+        # Short-lived tokens (tests, some IdPs) get half their lifetime as margin instead.
+        margin = min(self._margin, lifetime / 2)
+        return _Token(value, self._clock() + lifetime - margin)
+
+
+def _oauth_error(response: httpx.Response) -> str:
+    """The RFC 6749 `error` code if there is one; never the body, which could echo input."""
+    try:
+        code = response.json().get("error")
+    except (ValueError, AttributeError):
+        return ""
+    if isinstance(code, str) and code.isascii() and code.replace("_", "").isalnum():
+        return f" ({code})"
+    return ""

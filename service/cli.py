@@ -1,0 +1,216 @@
+"""`itwin-worker`: run the worker, the API simulator, send a command, or run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from service import logs, simulator
+from service.app import Worker
+from service.producer import BrokerUnreachable, Producer
+from service.settings import Settings, SettingsError, load_settings
+
+START_RABBITMQ = "start one with `rabbitmq-server -detached` or point ITWIN_WORKER_AMQP_URL at one"
+
+
+def _broker_unreachable(settings: Settings, exc: Exception) -> int:
+    url = logs.SecretRedactor().scrub(settings.amqp_url)
+    print(f"error: cannot reach RabbitMQ at {url} ({exc}); {START_RABBITMQ}", file=sys.stderr)
+    return 2
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    worker = Worker(settings)
+    try:
+        await worker.start()
+    except (OSError, ConnectionError) as exc:
+        return _broker_unreachable(settings, exc)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await worker.stop()
+    return 0
+
+
+async def _simulator(settings: Settings, args: argparse.Namespace) -> int:
+    print(f"iTwin API simulator on http://{args.host}:{args.port}", flush=True)
+    await simulator.serve(simulator.config_from_args(args), args.host, args.port)
+    return 0
+
+
+async def _send(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        async with Producer(settings.amqp_url, settings.command_exchange) as producer:
+            message_id = await producer.publish(
+                args.routing_key,
+                args.body.encode(),
+                message_id=args.message_id,
+                correlation_id=args.correlation_id,
+                reply=args.wait,
+            )
+            if not args.wait:
+                print(json.dumps({"published": message_id, "routingKey": args.routing_key}))
+                return 0
+            async with asyncio.timeout(args.timeout):
+                event = await producer.event_for(message_id)
+            print(json.dumps(event, indent=2))
+            return 0 if "result" in event else 1
+    except BrokerUnreachable as exc:
+        return _broker_unreachable(settings, exc)
+    except TimeoutError:
+        print(f"error: no event within {args.timeout} s", file=sys.stderr)
+        return 3
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _wait_for_port(port: int) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                return
+
+
+def _show(event: dict[str, Any]) -> None:
+    ok = "result" in event
+    mark = "OK  " if ok else "FAIL"
+    print(f"{mark} {event['type']:<26} command {event['commandId']}  attempts {event['attempts']}")
+    detail = json.dumps(event["result" if ok else "error"], indent=2)
+    print("     " + detail.replace("\n", "\n     "))
+
+
+async def _demo(base: Settings, args: argparse.Namespace) -> int:
+    port = _free_port()
+    config = simulator.SimulatorConfig()
+    client_id, client_secret = next(iter(config.clients.items()))
+    server = asyncio.create_task(simulator.serve(config, "127.0.0.1", port))
+    await _wait_for_port(port)
+    api = f"http://127.0.0.1:{port}"
+    settings = load_settings(
+        **{
+            **base.model_dump(),
+            "api_base_url": api,
+            "token_url": f"{api}/connect/token",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+    )
+    print(f"simulator on {api}; worker on {logs.SecretRedactor().scrub(settings.amqp_url)}\n")
+    worker = Worker(settings)
+    try:
+        await worker.start()
+    except (OSError, ConnectionError) as exc:
+        server.cancel()
+        return _broker_unreachable(settings, exc)
+    try:
+        async with (
+            Producer(settings.amqp_url, settings.command_exchange) as producer,
+            asyncio.timeout(60),
+        ):
+            events = await _demo_commands(producer)
+    finally:
+        await worker.stop()
+        server.cancel()
+    for event in events:
+        _show(event)
+    successes = sum("result" in event for event in events)
+    print(f"\n{successes} succeeded, {len(events) - successes} failed (one failure expected)")
+    return 0 if (successes, len(events)) == (5, 6) else 1
+
+
+async def _demo_commands(producer: Producer) -> list[dict[str, Any]]:
+    def body(document: dict[str, Any]) -> bytes:
+        return json.dumps(document).encode()
+
+    created = await producer.request(
+        "workspace.create",
+        body({"name": "Demo workspace", "iTwinId": simulator.KNOWN_ITWIN_IDS[0]}),
+    )
+    workspace_id = created.get("result", {}).get("id", "missing")
+    job = {
+        "type": "Full",
+        "name": "Demo reconstruction",
+        "workspaceId": workspace_id,
+        "inputs": [{"id": "58e0c0ca-f730-4e5b-808d-1c8cacacb4d4", "description": "Drone images"}],
+        "settings": {"quality": "Extra", "processingEngines": 5, "outputs": ["OBJ", "3MX"]},
+        "costEstimationParameters": {"gigaPixels": 2.5, "megaPoints": 1.5, "meshQuality": "Extra"},
+    }
+    repository = {
+        "iTwinId": simulator.KNOWN_ITWIN_IDS[0],
+        "class": "GeographicInformationSystem",
+        "subClass": "WebMapTileService",
+        "uri": "https://tiles.example.com/wmts",
+    }
+    rest = [
+        ("workspace.get", {"workspaceId": workspace_id}),
+        ("job.create", job),
+        ("repository.create", repository),
+        ("application.create", {"displayName": "Revit", "version": "2019"}),
+        ("application.create", {"displayName": "Revit <script>", "version": "2019"}),
+    ]
+    events = [created]
+    for routing_key, document in rest:
+        events.append(await producer.request(routing_key, body(document)))
+    return events
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="itwin-worker",
+        description="RabbitMQ worker for the Bentley iTwin Platform APIs (see README.md).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the worker until SIGTERM")
+    simulator.add_arguments(
+        commands.add_parser("simulator", help="run the offline iTwin API simulator")
+    )
+    send = commands.add_parser("send", help="publish one command, optionally wait for its event")
+    send.add_argument("routing_key", help="e.g. workspace.create")
+    send.add_argument("body", help="the command body, JSON text, sent as given")
+    send.add_argument("--wait", action="store_true", help="wait for the event and print it")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
+    send.add_argument("--message-id", help="command id (default: a new UUID)")
+    send.add_argument("--correlation-id", help="correlation id (default: the command id)")
+    commands.add_parser("demo", help="simulator + worker + one command of each kind")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    secret = settings.client_secret.get_secret_value() if settings.client_secret else ""
+    logs.configure(settings.log_level, settings.log_format, known_secrets=[secret])
+    runners = {"run": _run, "simulator": _simulator, "send": _send, "demo": _demo}
+    try:
+        return asyncio.run(runners[args.command](settings, args))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""One exception tree for everything that can end a command without a result.
+
+Each class says, as data, what the failure event needs: the HTTP status (None when the API was
+never reached), the error object, whether trying again later could help (`retriable`) and
+whether the command is a fault to park in the dead-letter queue (`dead_letter`) rather than a
+clean refusal by the API, which is an outcome like any other.
+
+Also here, because it is pure: turning an HTTP answer into a result or one of these errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+# Answers that prove the request was not processed: safe to repeat even for a POST.
+NOT_PROCESSED_STATUSES = frozenset({502, 503, 504})
+# A 500 may have happened after the effect: only methods that are safe to repeat retry on it.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RATE_LIMIT_HEADERS = ("retry-after", "itwinplatform-ratelimit-retry-after-seconds")
+# A retry-after further out than this is treated as garbage, not obeyed for a day.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
+class WorkerError(Exception):
+    """Base of every failure that ends a command with a failure event."""
+
+    code: str = "WorkerError"
+    retriable: bool = False
+    dead_letter: bool = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        target: str | None = None,
+        details: Sequence[Mapping[str, Any]] = (),
+        retriable: bool | None = None,
+        dead_letter: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        if code is not None:
+            self.code = code
+        self.target = target
+        self.details = [dict(detail) for detail in details]
+        if retriable is not None:
+            self.retriable = retriable
+        if dead_letter is not None:
+            self.dead_letter = dead_letter
+        self.attempts = 0
+        """HTTP attempts made before this error; filled in by the API client."""
+
+
+class InvalidCommand(WorkerError):
+    """The body is not JSON or breaks a field rule; `details` name each bad field."""
+
+    code = "InvalidCommand"
+
+
+class UnknownCommand(WorkerError):
+    """The routing key names no command this worker knows."""
+
+    code = "UnknownCommand"
+
+
+class Unauthorized(WorkerError):
+    """No access token could be obtained: the token endpoint is down or refuses the client."""
+
+    code = "Unauthorized"
+
+
+class RetriesExhausted(WorkerError):
+    """Transient failures or 429s outlasted the retry budget; trying later may succeed."""
+
+    code = "RetriesExhausted"
+    retriable = True
+
+
+class OutcomeUnknown(WorkerError):
+    """A request that may have taken effect lost its answer; repeating it could duplicate.
+
+    Not retried automatically: the command goes to the dead-letter queue, where an operator
+    can check the API and replay it deliberately.
+    """
+
+    code = "OutcomeUnknown"
+
+
+class ApiError(WorkerError):
+    """The API answered with an error object; it travels to the producer unchanged.
+
+    A clean refusal (403, 404, 409, 422, ...) is an outcome, not a fault, so it is not
+    dead-lettered; a 401 that survives a token refresh, or a 5xx, is.
+    """
+
+    code = "ApiError"
+    dead_letter = False
+
+
+class TransientError(WorkerError):
+    """A failure the retry loop may repeat; it never reaches an event directly."""
+
+    code = "TransientError"
+    retriable = True
+
+
+class RateLimited(TransientError):
+    """A 429: the whole limiter pauses for `retry_after` seconds before anyone retries."""
+
+    code = "RateLimited"
+
+    def __init__(self, message: str, *, retry_after: float, status: int = 429) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class TokenRejected(TransientError):
+    """A 401 from the API: the cached token may be stale, so refresh it once and retry."""
+
+    code = "TokenRejected"
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime, default: float) -> float:
+    """Seconds to wait from a 429's headers: delta-seconds or an HTTP date, else `default`."""
+    for name in RATE_LIMIT_HEADERS:
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        raw = raw.strip()
+        try:
+            seconds = float(raw)
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(raw)
+            except (TypeError, ValueError, IndexError):
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - now).total_seconds()
+        if math.isfinite(seconds):
+            return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+    return default
+
+
+def error_object(body: bytes) -> dict[str, Any] | None:
+    """The API's `{"error": {...}}` object, or None when the body is not one."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return None
+    return error
+
+
+def _details(error: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The API's detail objects, normalised so that a malformed one cannot break an event."""
+    details = error.get("details")
+    if not isinstance(details, list):
+        return []
+    normalised = []
+    for detail in details:
+        if isinstance(detail, dict):
+            target = detail.get("target")
+            normalised.append(
+                {
+                    "code": str(detail.get("code", "")),
+                    "message": str(detail.get("message", "")),
+                    "target": target if isinstance(target, str) else None,
+                }
+            )
+    return normalised
+
+
+def classify_failure(
+    method: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: datetime,
+    default_retry_after: float,
+) -> WorkerError:
+    """Turn an unsuccessful HTTP answer into the error the pipeline acts on."""
+    error = error_object(body)
+    code = error["code"] if error else f"Http{status}"
+    message = str(error.get("message", "")) if error else f"The API answered HTTP {status}."
+    if status == 429:
+        wait = parse_retry_after(headers, now, default_retry_after)
+        return RateLimited(f"{code}: {message}", retry_after=wait)
+    if status == 401:
+        return TokenRejected(message, status=status, code=code)
+    transient = status in NOT_PROCESSED_STATUSES or (
+        status >= 500 and method.upper() in IDEMPOTENT_METHODS
+    )
+    if transient:
+        return TransientError(message, status=status, code=code)
+    target = error.get("target") if error else None
+    return ApiError(
+        message,
+        status=status,
+        code=code,
+        target=target if isinstance(target, str) else None,
+        details=_details(error) if error else (),
+        dead_letter=status >= 500,
+    )

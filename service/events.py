@@ -1,0 +1,116 @@
+"""The events a command ends in, in the contract's camelCase shape.
+
+A success event carries the API's inner object unchanged as `result`; a failure event carries
+`error`, which is the API's own error object when there is one, plus the HTTP status (null when
+the API was never reached) and whether trying again later could help.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic.alias_generators import to_camel
+
+from service.errors import WorkerError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class ErrorDetail(_Model):
+    """One specific problem: the API's detail object, or one bad field of a command."""
+
+    code: str
+    message: str
+    target: str | None = None
+
+
+class EventError(_Model):
+    status: int | None = Field(description="The API's HTTP status; null if it was not reached.")
+    code: str
+    message: str
+    target: str | None = None
+    details: list[ErrorDetail] = []
+    retriable: bool = Field(description="True when the same command may succeed later.")
+
+
+class _Event(_Model):
+    event_id: str = Field(description="Unique id of this event, also its AMQP message_id.")
+    type: str = Field(description="Event type, also the routing key and the AMQP type.")
+    command_id: str = Field(description="The command's message_id (or the id made up for it).")
+    correlation_id: str
+    occurred_at: datetime
+    attempts: int = Field(ge=0, description="HTTP requests made to the API for this command.")
+
+    @field_serializer("occurred_at")
+    def _utc(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SuccessEvent(_Event):
+    result: dict[str, Any] = Field(description="The API's inner object, unchanged.")
+
+
+class FailureEvent(_Event):
+    error: EventError
+
+
+Event = SuccessEvent | FailureEvent
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def success(
+    event_type: str,
+    *,
+    command_id: str,
+    correlation_id: str,
+    result: dict[str, Any],
+    attempts: int,
+    now: datetime,
+) -> SuccessEvent:
+    return SuccessEvent(
+        event_id=new_event_id(),
+        type=event_type,
+        command_id=command_id,
+        correlation_id=correlation_id,
+        occurred_at=now,
+        attempts=attempts,
+        result=result,
+    )
+
+
+def failure(
+    event_type: str,
+    *,
+    command_id: str,
+    correlation_id: str,
+    error: WorkerError,
+    now: datetime,
+) -> FailureEvent:
+    return FailureEvent(
+        event_id=new_event_id(),
+        type=event_type,
+        command_id=command_id,
+        correlation_id=correlation_id,
+        occurred_at=now,
+        attempts=error.attempts,
+        error=EventError(
+            status=error.status,
+            code=error.code,
+            message=error.message,
+            target=error.target,
+            details=[ErrorDetail(**detail) for detail in error.details],
+            retriable=error.retriable,
+        ),
+    )
+
+
+def encode(event: Event) -> bytes:
+    return event.model_dump_json(by_alias=True).encode()

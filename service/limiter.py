@@ -1,0 +1,242 @@
+"""One API budget for every call and every replica: a token bucket kept as GCRA state.
+
+The arithmetic is pure (`Bucket`, `reserve`, `pause`): a caller reserves the next free start
+time, so callers are served in arrival order and each sleeps exactly once, with no polling.
+`LocalLimiter` keeps that state in the process; `RedisLimiter` keeps it in one Redis hash,
+updated by one Lua script on Redis's own clock so replicas' clock skew does not matter.
+
+Guarantee: the start times of any sequence of reservations conform to every bucket, so in any
+window of length W at most rate·W + burst calls start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from service.redis_keys import RedisKeys
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A token bucket of `burst` tokens refilled at `rate` per second."""
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (self.rate > 0 and math.isfinite(self.rate)) or self.burst < 1:
+            raise ValueError("a bucket needs a positive rate and a burst of at least 1")
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.rate
+
+    @property
+    def tolerance(self) -> float:
+        """How far the theoretical arrival time may run ahead of a start: the burst."""
+        return (self.burst - 1) * self.interval
+
+
+def buckets_for(per_second: float, burst: int, per_hour: int | None = None) -> tuple[Bucket, ...]:
+    """The limiter's buckets; the hourly one spends 10 % of its budget as burst.
+
+    rate·3600 + burst = per_hour, so no 60-minute window can exceed the hourly budget.
+    """
+    buckets = [Bucket(per_second, burst)]
+    if per_hour is not None:
+        hourly_burst = max(1, per_hour // 10)
+        buckets.append(Bucket((per_hour - hourly_burst) / 3600.0, hourly_burst))
+    return tuple(buckets)
+
+
+@dataclass(frozen=True)
+class State:
+    """Theoretical arrival time per bucket, and the end of the current 429 pause."""
+
+    tats: tuple[float, ...]
+    paused_until: float = 0.0
+
+    @classmethod
+    def empty(cls, buckets: Sequence[Bucket]) -> State:
+        return cls(tats=(0.0,) * len(buckets))
+
+
+def reserve(buckets: Sequence[Bucket], state: State, now: float) -> tuple[float, State]:
+    """Reserve the earliest start that conforms to every bucket; return it and the new state."""
+    start = max(
+        now, *(tat - bucket.tolerance for bucket, tat in zip(buckets, state.tats, strict=True))
+    )
+    tats = tuple(
+        max(tat, start) + bucket.interval for bucket, tat in zip(buckets, state.tats, strict=True)
+    )
+    return start, State(tats, state.paused_until)
+
+
+def pause(buckets: Sequence[Bucket], state: State, until: float) -> State:
+    """Hold every start until `until`, and restart at the steady rate, without a burst.
+
+    A 429 means the server's own budget is spent; a burst right after the pause would only
+    earn another 429.
+    """
+    first, *rest = state.tats
+    first = max(first, until + buckets[0].tolerance)
+    return State((first, *rest), max(state.paused_until, until))
+
+
+class Limiter(Protocol):
+    """What the API client needs: wait for a token, and pause everyone after a 429."""
+
+    async def acquire(self) -> float:
+        """Wait until a call may start; return the seconds waited."""
+        ...
+
+    async def pause(self, seconds: float) -> None:
+        """Hold every caller, here and in every replica sharing the budget."""
+        ...
+
+
+class _SleepingLimiter:
+    """The waiting loop shared by both stores; subclasses provide the three state operations."""
+
+    def __init__(self, sleep: Sleep = asyncio.sleep) -> None:
+        self._sleep = sleep
+
+    async def acquire(self) -> float:
+        waited = 0.0
+        wait = await self._reserve()
+        while wait > 0:
+            await self._sleep(wait)
+            waited += wait
+            # A 429 seen by any replica while we slept invalidates our reservation.
+            if await self._pause_remaining() > 0:
+                wait = await self._reserve()
+            else:
+                wait = 0.0
+        return waited
+
+    async def _reserve(self) -> float:
+        raise NotImplementedError
+
+    async def _pause_remaining(self) -> float:
+        raise NotImplementedError
+
+
+class LocalLimiter(_SleepingLimiter):
+    """Per-process limiter: correct for one replica only."""
+
+    def __init__(
+        self,
+        buckets: Sequence[Bucket],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__(sleep)
+        self._buckets = tuple(buckets)
+        self._clock = clock
+        self._state = State.empty(self._buckets)
+
+    async def _reserve(self) -> float:
+        now = self._clock()
+        start, self._state = reserve(self._buckets, self._state, now)
+        return start - now
+
+    async def _pause_remaining(self) -> float:
+        return max(self._state.paused_until - self._clock(), 0.0)
+
+    async def pause(self, seconds: float) -> None:
+        self._state = pause(self._buckets, self._state, self._clock() + seconds)
+
+
+# The same arithmetic as `reserve` and `pause`, atomically on Redis's clock (ARGV[2] = '' ) or
+# on a given clock (tests). Numbers go out as strings: Redis truncates Lua numbers to integers.
+# ARGV: mode, now, pause seconds, then interval and tolerance of each bucket.
+_SCRIPT = """
+local function fmt(x) return string.format('%.6f', x) end
+local mode = ARGV[1]
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[2])
+end
+local n = (#ARGV - 3) / 2
+local fields = {'paused_until'}
+for i = 1, n do fields[#fields + 1] = 'tat' .. i end
+local stored = redis.call('HMGET', KEYS[1], unpack(fields))
+local paused_until = tonumber(stored[1]) or 0
+local tats = {}
+for i = 1, n do tats[i] = tonumber(stored[i + 1]) or 0 end
+if mode == 'check' then
+  return fmt(math.max(paused_until - now, 0))
+end
+local result
+if mode == 'pause' then
+  local untl = now + tonumber(ARGV[3])
+  tats[1] = math.max(tats[1], untl + tonumber(ARGV[5]))
+  paused_until = math.max(paused_until, untl)
+  result = paused_until - now
+else
+  local start = now
+  for i = 1, n do start = math.max(start, tats[i] - tonumber(ARGV[3 + 2 * i])) end
+  for i = 1, n do tats[i] = math.max(tats[i], start) + tonumber(ARGV[2 + 2 * i]) end
+  result = start - now
+end
+local latest = paused_until
+local update = {'paused_until', fmt(paused_until)}
+for i = 1, n do
+  update[#update + 1] = 'tat' .. i
+  update[#update + 1] = fmt(tats[i])
+  latest = math.max(latest, tats[i])
+end
+redis.call('HSET', KEYS[1], unpack(update))
+-- Once every tat has passed, the state equals a missing key: let it expire then.
+redis.call('PEXPIRE', KEYS[1], math.ceil((latest - now) * 1000) + 1000)
+return fmt(result)
+"""
+
+
+class RedisLimiter(_SleepingLimiter):
+    """The budget shared by every replica that points at the same Redis and key prefix."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        buckets: Sequence[Bucket],
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(sleep)
+        self._redis = redis
+        self._key = keys.limiter
+        self._script = redis.register_script(_SCRIPT)
+        self._clock = clock
+        self._bucket_args: list[str] = []
+        for bucket in buckets:
+            self._bucket_args += [repr(bucket.interval), repr(bucket.tolerance)]
+
+    async def _run(self, mode: str, seconds: float = 0.0) -> float:
+        now = "" if self._clock is None else repr(self._clock())
+        result = await self._script(
+            keys=[self._key], args=[mode, now, repr(seconds), *self._bucket_args]
+        )
+        return float(result)
+
+    async def _reserve(self) -> float:
+        return await self._run("reserve")
+
+    async def _pause_remaining(self) -> float:
+        return await self._run("check")
+
+    async def pause(self, seconds: float) -> None:
+        await self._run("pause", seconds)

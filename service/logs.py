@@ -1,0 +1,94 @@
+"""structlog set-up: JSON lines by default, per-command context, secrets redacted.
+
+Processors are plain callables. `redact_secrets` runs last before rendering, so no code path,
+including a careless `log.info(..., headers=...)`, can put a token or the client secret in a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED = "[redacted]"
+_SECRET_KEYS = re.compile(
+    r"(secret|password|passwd|token|authorization|api[_-]?key|cookie)", re.IGNORECASE
+)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
+
+
+class SecretRedactor:
+    """Masks values under secret-looking keys, bearer tokens, URL passwords and known secrets."""
+
+    def __init__(self, known_secrets: Iterable[str] = ()) -> None:
+        self._known = tuple(secret for secret in known_secrets if len(secret) >= 4)
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        return {key: self._clean(key, value) for key, value in event_dict.items()}
+
+    def _clean(self, key: str, value: Any) -> Any:
+        if key != "event" and _SECRET_KEYS.search(key) and not key.endswith("_count"):
+            return REDACTED
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, MutableMapping):
+            return {str(k): self._clean(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean("", item) for item in value]
+        return value
+
+    def scrub(self, text: str) -> str:
+        text = _BEARER.sub(rf"\1{REDACTED}", text)
+        text = _URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
+        for secret in self._known:
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+def configure(level: str = "INFO", fmt: str = "json", known_secrets: Iterable[str] = ()) -> None:
+    """Configure structlog and route the standard library's logging through the same output."""
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    redactor = SecretRedactor(known_secrets)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            redactor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redactor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aio-pika and httpx log every connection and request at INFO: noise, and URLs.
+    for noisy in ("aio_pika", "aiormq", "httpx", "httpcore", "faststream"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,106 @@
+"""A small producer of commands, as other services would write one: used by `send` and `demo`.
+
+It publishes to the command exchange exactly as the contract asks (persistent, JSON,
+message_id, optional reply_to) and can wait on a private reply queue for the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+
+
+class BrokerUnreachable(Exception):
+    """RabbitMQ did not accept a connection; the message names the URL (without password)."""
+
+
+class Producer:
+    """Publishes commands and collects the events that come back on its reply queue."""
+
+    def __init__(self, amqp_url: str, command_exchange: str) -> None:
+        self._url = amqp_url
+        self._exchange_name = command_exchange
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._replies: AbstractQueue | None = None
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def __aenter__(self) -> Producer:
+        try:
+            self._connection = await aio_pika.connect(self._url, timeout=5)
+        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            raise BrokerUnreachable(f"{type(exc).__name__}: {exc}") from None
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        # Passive: a producer must not create the worker's exchange with the wrong arguments.
+        self._exchange = await self._channel.get_exchange(self._exchange_name, ensure=True)
+        self._replies = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await self._replies.consume(self._on_reply, no_ack=True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def reply_to(self) -> str:
+        assert self._replies is not None, "use Producer as an async context manager"
+        return self._replies.name
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await self._events.put(json.loads(message.body))
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply: bool = True,
+    ) -> str:
+        """Publish one command; return its message_id."""
+        assert self._exchange is not None, "use Producer as an async context manager"
+        message_id = message_id or str(uuid.uuid4())
+        await self._exchange.publish(
+            aio_pika.Message(
+                body,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                reply_to=self.reply_to if reply else None,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=routing_key,
+        )
+        return message_id
+
+    async def next_event(self) -> dict[str, Any]:
+        """The next event on the reply queue; bound the wait with `asyncio.timeout`."""
+        return await self._events.get()
+
+    async def event_for(self, message_id: str) -> dict[str, Any]:
+        """Wait for the event of one command, setting aside nothing else."""
+        while True:
+            event = await self.next_event()
+            if event.get("commandId") == message_id:
+                return event
+
+    async def request(self, routing_key: str, body: bytes) -> dict[str, Any]:
+        """Publish one command and wait for its event."""
+        return await self.event_for(await self.publish(routing_key, body))
+
+
+def dumps(document: Any) -> bytes:
+    return json.dumps(document).encode()

@@ -1,0 +1,77 @@
+"""The broker objects of the contract, named from settings, declared idempotently at start-up.
+
+Command queues are quorum queues whose poison messages are bounded by `x-delivery-limit` and
+dead-lettered at least once to the dead-letter exchange, which feeds the dead-letter queue.
+Commands whose routing key matches no queue reach the worker through the command exchange's
+alternate exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+
+from service.commands import CommandSpec
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Topology:
+    commands: RabbitExchange
+    events: RabbitExchange
+    unrouted: RabbitExchange
+    dead_letters: RabbitExchange
+    dead_letter_queue: RabbitQueue
+    unrouted_queue: RabbitQueue
+    settings: Settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        unrouted = RabbitExchange(
+            f"{settings.command_exchange}.unrouted", type=ExchangeType.FANOUT, durable=True
+        )
+        dead_letters = RabbitExchange(
+            f"{settings.queue_prefix}dlx", type=ExchangeType.FANOUT, durable=True
+        )
+        return cls(
+            commands=RabbitExchange(
+                settings.command_exchange,
+                type=ExchangeType.TOPIC,
+                durable=True,
+                arguments={"alternate-exchange": unrouted.name},
+            ),
+            events=RabbitExchange(settings.event_exchange, type=ExchangeType.TOPIC, durable=True),
+            unrouted=unrouted,
+            dead_letters=dead_letters,
+            dead_letter_queue=RabbitQueue(
+                settings.dead_letter_queue, queue_type=QueueType.QUORUM, durable=True
+            ),
+            unrouted_queue=cls._work_queue(settings, settings.unrouted_queue, "", dead_letters),
+            settings=settings,
+        )
+
+    @staticmethod
+    def _work_queue(
+        settings: Settings, name: str, routing_key: str, dead_letters: RabbitExchange
+    ) -> RabbitQueue:
+        return RabbitQueue(
+            name,
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            routing_key=routing_key,
+            arguments={
+                "x-delivery-limit": settings.delivery_limit,
+                "x-dead-letter-exchange": dead_letters.name,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+
+    def command_queue(self, spec: CommandSpec) -> RabbitQueue:
+        return self._work_queue(
+            self.settings,
+            self.settings.command_queue(spec.routing_key),
+            spec.routing_key,
+            self.dead_letters,
+        )

@@ -1,0 +1,198 @@
+"""Validation of command bodies against the API pages' rules, and request building."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from service.commands import BY_ROUTING_KEY, COMMANDS
+from service.errors import InvalidCommand
+
+VALID: dict[str, dict[str, Any]] = {
+    "workspace.create": {"name": "Workspace test", "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc"},
+    "workspace.get": {"workspaceId": "e47cf092-729a-4ce2-b20e-9b01ad820cdb"},
+    "job.create": {
+        "type": "Full",
+        "name": "My first Reality Modeling job",
+        "costEstimationParameters": {"gigaPixels": 2.5, "megaPoints": 1, "meshQuality": "Extra"},
+        "inputs": [
+            {"id": "58e0c0ca-f730-4e5b-808d-1c8cacacb4d4", "description": "Drone ImageCollection"}
+        ],
+        "workspaceId": "6881117d-9fd2-4900-870b-9b721dc90f25",
+        "settings": {
+            "quality": "Extra",
+            "processingEngines": 5,
+            "outputs": ["OBJ", "3MX", "Orthophoto/DSM", "WebReady ScalableMesh"],
+            "cacheSettings": {"createCache": True, "useCache": "799b11bd"},
+        },
+    },
+    "repository.create": {
+        "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc",
+        "class": "GeographicInformationSystem",
+        "subClass": "WebMapTileService",
+        "uri": "https://developer.bentley.com",
+    },
+    "application.create": {"displayName": "Revit", "version": "2019"},
+}
+
+
+def _parse(routing_key: str, document: Any) -> Any:
+    return BY_ROUTING_KEY[routing_key].parse(json.dumps(document).encode())
+
+
+def _details(routing_key: str, body: bytes) -> list[dict[str, Any]]:
+    with pytest.raises(InvalidCommand) as caught:
+        BY_ROUTING_KEY[routing_key].parse(body)
+    assert caught.value.status is None
+    assert caught.value.dead_letter
+    return caught.value.details
+
+
+def test_catalogue_has_the_five_commands_with_contract_event_names() -> None:
+    assert {spec.routing_key: (spec.success_event, spec.failure_event) for spec in COMMANDS} == {
+        "workspace.create": ("workspace.created", "workspace.create.failed"),
+        "workspace.get": ("workspace.retrieved", "workspace.get.failed"),
+        "job.create": ("job.created", "job.create.failed"),
+        "repository.create": ("repository.created", "repository.create.failed"),
+        "application.create": ("application.created", "application.create.failed"),
+    }
+
+
+@pytest.mark.parametrize("routing_key", sorted(VALID))
+def test_valid_bodies_become_the_pages_requests(routing_key: str) -> None:
+    spec = BY_ROUTING_KEY[routing_key]
+    request = spec.request(_parse(routing_key, VALID[routing_key]))
+    expected_body = {k: v for k, v in VALID[routing_key].items() if k not in spec.path_fields}
+    assert request.method == spec.method
+    assert request.json == (expected_body if spec.method == "POST" else None)
+
+
+def test_paths_carry_the_ids() -> None:
+    get = BY_ROUTING_KEY["workspace.get"].request(_parse("workspace.get", VALID["workspace.get"]))
+    assert get.path == "/contextcapture/workspaces/e47cf092-729a-4ce2-b20e-9b01ad820cdb"
+    assert get.endpoint == "/contextcapture/workspaces/{workspaceId}"
+    repo = BY_ROUTING_KEY["repository.create"].request(
+        _parse("repository.create", VALID["repository.create"])
+    )
+    assert repo.path == "/itwins/60805594-3e04-43b5-8fd8-5ccae0de23cc/repositories"
+    assert repo.json is not None and "iTwinId" not in repo.json
+
+
+def test_job_body_is_forwarded_unchanged() -> None:
+    request = BY_ROUTING_KEY["job.create"].request(_parse("job.create", VALID["job.create"]))
+    assert request.json == VALID["job.create"]
+
+
+def test_not_json_is_invalid_with_a_json_detail() -> None:
+    details = _details("workspace.create", b"{not json")
+    assert details[0]["code"] == "InvalidJson"
+    assert details[0]["target"] is None
+
+
+def test_json_that_is_not_an_object_is_invalid() -> None:
+    assert _details("workspace.create", b"[1, 2]")[0]["code"] == "InvalidValue"
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "field"),
+    [
+        ("workspace.create", "name"),
+        ("workspace.get", "workspaceId"),
+        ("job.create", "type"),
+        ("job.create", "workspaceId"),
+        ("job.create", "inputs"),
+        ("job.create", "settings"),
+        ("repository.create", "iTwinId"),
+        ("repository.create", "class"),
+        ("repository.create", "uri"),
+        ("application.create", "displayName"),
+        ("application.create", "version"),
+    ],
+)
+def test_missing_required_field_is_named(routing_key: str, field: str) -> None:
+    body = {k: v for k, v in VALID[routing_key].items() if k != field}
+    details = _details(routing_key, json.dumps(body).encode())
+    assert details == [
+        {"code": "MissingRequiredProperty", "message": "Field required", "target": field}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "change", "target"),
+    [
+        ("job.create", {"type": "Partial"}, "type"),
+        ("job.create", {"settings": {"quality": "Ultra"}}, "settings.quality"),
+        ("job.create", {"settings": {"outputs": ["OBJ", "STL"]}}, "settings.outputs.1"),
+        ("job.create", {"settings": {"processingEngines": -1}}, "settings.processingEngines"),
+        ("job.create", {"settings": {"processingEngines": "5"}}, "settings.processingEngines"),
+        (
+            "job.create",
+            {"costEstimationParameters": {"meshQuality": "High"}},
+            "costEstimationParameters.meshQuality",
+        ),
+        ("repository.create", {"class": "Models"}, "class"),
+        ("repository.create", {"subClass": "Tiles"}, "subClass"),
+        ("repository.create", {"uri": ""}, "uri"),
+        ("workspace.create", {"name": ""}, "name"),
+        ("workspace.create", {"name": 7}, "name"),
+        ("application.create", {"displayName": "a" * 251}, "displayName"),
+        ("application.create", {"version": "v" * 251}, "version"),
+    ],
+)
+def test_broken_rule_is_named(routing_key: str, change: dict[str, Any], target: str) -> None:
+    details = _details(routing_key, json.dumps({**VALID[routing_key], **change}).encode())
+    assert [d["target"] for d in details] == [target]
+    assert details[0]["code"] == "InvalidValue"
+
+
+def test_all_seventeen_output_formats_are_accepted() -> None:
+    formats = [
+        "CCOrientations", "3MX", "3SM", "WebReady ScalableMesh", "Cesium 3D Tiles", "POD",
+        "Orthophoto/DSM", "LAS", "FBX", "OBJ", "ESRI i3s", "DGN", "LODTreeExport", "PLY", "OPC",
+        "OMR", "ContextScene",
+    ]  # fmt: skip
+    body = {**VALID["job.create"], "settings": {"outputs": formats}}
+    assert _parse("job.create", body).settings.outputs == formats
+
+
+@pytest.mark.parametrize("forbidden", [">", "<", "^", "$", "?", "||"])
+@pytest.mark.parametrize("field", ["displayName", "version"])
+def test_application_text_rejects_each_forbidden_character(forbidden: str, field: str) -> None:
+    body = {**VALID["application.create"], field: f"Rev{forbidden}it"}
+    details = _details("application.create", json.dumps(body).encode())
+    assert [d["target"] for d in details] == [field]
+    assert "special characters" in details[0]["message"]
+
+
+def test_application_text_allows_a_single_pipe_and_250_characters() -> None:
+    body = {"displayName": "a|b" + "c" * 247, "version": "x" * 250}
+    assert _parse("application.create", body).display_name == body["displayName"]
+
+
+def test_unknown_fields_are_rejected_not_dropped() -> None:
+    details = _details(
+        "workspace.create", json.dumps({"name": "w", "itwinId": "x"}).encode()
+    )
+    assert details == [
+        {"code": "UnknownProperty", "message": "Extra inputs are not permitted", "target": "itwinId"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../jobs", "a/b", "x?y=1", "%2e%2e", "", "a b", "id#frag", "\u00e9t\u00e9", "a" * 129],
+)
+def test_ids_that_go_into_paths_cannot_change_the_path(hostile: str) -> None:
+    details = _details("workspace.get", json.dumps({"workspaceId": hostile}).encode())
+    assert details[0]["target"] == "workspaceId"
+    details = _details(
+        "repository.create", json.dumps({**VALID["repository.create"], "iTwinId": hostile}).encode()
+    )
+    assert details[0]["target"] == "iTwinId"
+
+
+def test_every_broken_field_is_reported_at_once() -> None:
+    details = _details("application.create", json.dumps({"displayName": "<>"}).encode())
+    assert sorted(d["target"] for d in details) == ["displayName", "version"]
