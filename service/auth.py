@@ -92,7 +92,6 @@ class TokenProvider:
         if response.status_code != 200:
             raise Unauthorized(
                 f"The token endpoint answered HTTP {response.status_code}{_oauth_error(response)}.",
-                status=response.status_code,
                 retriable=response.status_code >= 500 or response.status_code == 429,
             )
         try:

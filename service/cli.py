@@ -9,13 +9,15 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from service import logs, simulator
+from service import contract, logs, simulator
 from service.app import Worker
 from service.producer import BrokerUnreachable, Producer
 from service.settings import Settings, SettingsError, load_settings
 
+DEMO_ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 START_RABBITMQ = "start one with `rabbitmq-server -detached` or point ITWIN_WORKER_AMQP_URL at one"
 
 
@@ -98,6 +100,8 @@ def _show(event: dict[str, Any]) -> None:
 
 
 async def _demo(base: Settings, args: argparse.Namespace) -> int:
+    # The demo prints the events; the worker's own log lines would only bury them.
+    logs.configure("WARNING", "console")
     port = _free_port()
     config = simulator.SimulatorConfig()
     client_id, client_secret = next(iter(config.clients.items()))
@@ -142,7 +146,7 @@ async def _demo_commands(producer: Producer) -> list[dict[str, Any]]:
 
     created = await producer.request(
         "workspace.create",
-        body({"name": "Demo workspace", "iTwinId": simulator.KNOWN_ITWIN_IDS[0]}),
+        body({"name": "Demo workspace", "iTwinId": DEMO_ITWIN}),
     )
     workspace_id = created.get("result", {}).get("id", "missing")
     job = {
@@ -154,7 +158,7 @@ async def _demo_commands(producer: Producer) -> list[dict[str, Any]]:
         "costEstimationParameters": {"gigaPixels": 2.5, "megaPoints": 1.5, "meshQuality": "Extra"},
     }
     repository = {
-        "iTwinId": simulator.KNOWN_ITWIN_IDS[0],
+        "iTwinId": DEMO_ITWIN,
         "class": "GeographicInformationSystem",
         "subClass": "WebMapTileService",
         "uri": "https://tiles.example.com/wmts",
@@ -190,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--message-id", help="command id (default: a new UUID)")
     send.add_argument("--correlation-id", help="correlation id (default: the command id)")
     commands.add_parser("demo", help="simulator + worker + one command of each kind")
+    schemas = commands.add_parser("schemas", help="write the JSON Schemas of the contract")
+    schemas.add_argument("directory", nargs="?", default="schemas", type=Path)
     return parser
 
 
@@ -202,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     secret = settings.client_secret.get_secret_value() if settings.client_secret else ""
     logs.configure(settings.log_level, settings.log_format, known_secrets=[secret])
+    if args.command == "schemas":
+        contract.write(args.directory)
+        return 0
     runners = {"run": _run, "simulator": _simulator, "send": _send, "demo": _demo}
     try:
         return asyncio.run(runners[args.command](settings, args))

@@ -96,7 +96,8 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
             code = "UnknownProperty"
         else:
             code = "InvalidValue"
-        details.append({"code": code, "message": error["msg"], "target": target})
+        message = error["msg"].removeprefix("Value error, ")
+        details.append({"code": code, "message": message, "target": target})
     return details
 
 

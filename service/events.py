@@ -43,7 +43,7 @@ class _Event(_Model):
     type: str = Field(description="Event type, also the routing key and the AMQP type.")
     command_id: str = Field(description="The command's message_id (or the id made up for it).")
     correlation_id: str
-    occurred_at: datetime
+    occurred_at: datetime = Field(json_schema_extra={"format": "date-time"})
     attempts: int = Field(ge=0, description="HTTP requests made to the API for this command.")
 
     @field_serializer("occurred_at")

@@ -88,7 +88,7 @@ class Pipeline:
         try:
             if not delivery.message_id:
                 log.warning("command has no message_id; it cannot be deduplicated")
-            event, reason = await self._outcome(spec, delivery, command_id, correlation_id)
+            event, reason, status = await self._outcome(spec, delivery, command_id, correlation_id)
             if reason is not None and reason.dead_letter:
                 await self._outbox.dead_letter(delivery, event, reason)
             await self._outbox.publish(event, delivery.reply_to)
@@ -96,7 +96,7 @@ class Pipeline:
                 "command finished",
                 outcome="success" if reason is None else "failure",
                 event_type=event.type,
-                api_status=reason.status if reason else None,
+                api_status=status,
                 error_code=reason.code if reason else None,
                 attempts=event.attempts,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
@@ -107,13 +107,13 @@ class Pipeline:
 
     async def _outcome(
         self, spec: CommandSpec | None, delivery: Delivery, command_id: str, correlation_id: str
-    ) -> tuple[Event, WorkerError | None]:
+    ) -> tuple[Event, WorkerError | None, int | None]:
         try:
             if spec is None:
                 raise UnknownCommand(
                     "No command is bound to this routing key.", target="routingKey"
                 )
-            result, attempts = await self._call(spec, delivery)
+            response, result = await self._call(spec, delivery)
         except WorkerError as error:
             event_type = failure_event_type(spec, delivery.routing_key)
             event: Event = failure(
@@ -123,22 +123,24 @@ class Pipeline:
                 error=error,
                 now=self._now(),
             )
-            return event, error
+            return event, error, error.status
         event = success(
             spec.success_event,
             command_id=command_id,
             correlation_id=correlation_id,
             result=result,
-            attempts=attempts,
+            attempts=response.attempts,
             now=self._now(),
         )
-        return event, None
+        return event, None, response.status
 
-    async def _call(self, spec: CommandSpec, delivery: Delivery) -> tuple[dict[str, Any], int]:
+    async def _call(
+        self, spec: CommandSpec, delivery: Delivery
+    ) -> tuple[ApiResponse, dict[str, Any]]:
         _check_content_type(delivery.content_type)
         command = spec.parse(delivery.body)
         response = await self._api.send(spec.request(command))
-        return _inner_object(response, spec), response.attempts
+        return response, _inner_object(response, spec)
 
 
 def _check_content_type(content_type: str | None) -> None:

@@ -68,6 +68,8 @@ ApplicationText = Annotated[
     str,
     StringConstraints(min_length=1, max_length=250, strict=True),
     AfterValidator(_no_forbidden_characters),
+    # The same rule for schema readers; validation above does not depend on regex lookahead.
+    Field(json_schema_extra={"pattern": r"^(?!.*\|\|)[^<>^$?]*$"}),
 ]
 
 

@@ -30,7 +30,9 @@ class Producer:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._replies: AbstractQueue | None = None
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] = []
+        """Every event received, in arrival order, duplicates included."""
 
     async def __aenter__(self) -> Producer:
         try:
@@ -59,7 +61,16 @@ class Producer:
         return self._replies.name
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        await self._events.put(json.loads(message.body))
+        event = json.loads(message.body)
+        self.events.append(event)
+        waiter = self._waiter(str(event.get("commandId")))
+        if not waiter.done():
+            waiter.set_result(event)
+
+    def _waiter(self, message_id: str) -> asyncio.Future[dict[str, Any]]:
+        if message_id not in self._pending:
+            self._pending[message_id] = asyncio.get_running_loop().create_future()
+        return self._pending[message_id]
 
     async def publish(
         self,
@@ -86,16 +97,9 @@ class Producer:
         )
         return message_id
 
-    async def next_event(self) -> dict[str, Any]:
-        """The next event on the reply queue; bound the wait with `asyncio.timeout`."""
-        return await self._events.get()
-
     async def event_for(self, message_id: str) -> dict[str, Any]:
-        """Wait for the event of one command, setting aside nothing else."""
-        while True:
-            event = await self.next_event()
-            if event.get("commandId") == message_id:
-                return event
+        """The first event of one command; bound the wait with `asyncio.timeout`."""
+        return await asyncio.shield(self._waiter(message_id))
 
     async def request(self, routing_key: str, body: bytes) -> dict[str, Any]:
         """Publish one command and wait for its event."""

@@ -11,7 +11,10 @@ from service.commands import BY_ROUTING_KEY, COMMANDS
 from service.errors import InvalidCommand
 
 VALID: dict[str, dict[str, Any]] = {
-    "workspace.create": {"name": "Workspace test", "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc"},
+    "workspace.create": {
+        "name": "Workspace test",
+        "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc",
+    },
     "workspace.get": {"workspaceId": "e47cf092-729a-4ce2-b20e-9b01ad820cdb"},
     "job.create": {
         "type": "Full",
@@ -77,7 +80,8 @@ def test_paths_carry_the_ids() -> None:
         _parse("repository.create", VALID["repository.create"])
     )
     assert repo.path == "/itwins/60805594-3e04-43b5-8fd8-5ccae0de23cc/repositories"
-    assert repo.json is not None and "iTwinId" not in repo.json
+    assert repo.json is not None
+    assert "iTwinId" not in repo.json
 
 
 def test_job_body_is_forwarded_unchanged() -> None:
@@ -172,11 +176,13 @@ def test_application_text_allows_a_single_pipe_and_250_characters() -> None:
 
 
 def test_unknown_fields_are_rejected_not_dropped() -> None:
-    details = _details(
-        "workspace.create", json.dumps({"name": "w", "itwinId": "x"}).encode()
-    )
+    details = _details("workspace.create", json.dumps({"name": "w", "itwinId": "x"}).encode())
     assert details == [
-        {"code": "UnknownProperty", "message": "Extra inputs are not permitted", "target": "itwinId"}
+        {
+            "code": "UnknownProperty",
+            "message": "Extra inputs are not permitted",
+            "target": "itwinId",
+        }
     ]
 
 

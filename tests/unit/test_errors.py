@@ -41,7 +41,7 @@ def test_api_refusal_keeps_the_api_error_object() -> None:
         "InvalidiTwinsRequest",
         "Cannot add iTwin Repository.",
     )
-    assert error.details == body["error"]["details"]  # type: ignore[index]
+    assert error.details == body["error"]["details"]
     assert not error.retriable
     assert not error.dead_letter
 
@@ -75,7 +75,9 @@ def test_401_asks_for_a_token_refresh() -> None:
 
 @pytest.mark.parametrize("code", ["TooManyRequests", "RateLimitExceeded"])
 def test_429_carries_the_retry_after(code: str) -> None:
-    error = _classify("POST", 429, {"error": {"code": code, "message": "m"}}, **{"retry-after": "7"})
+    error = _classify(
+        "POST", 429, {"error": {"code": code, "message": "m"}}, **{"retry-after": "7"}
+    )
     assert isinstance(error, RateLimited)
     assert error.retry_after == 7.0
     assert code in error.message

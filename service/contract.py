@@ -1,0 +1,71 @@
+"""The machine-readable contract in `schemas/`: one JSON Schema per command and per event.
+
+Generated from the models, so the files cannot say anything the worker does not do; a test
+fails when the committed files drift from what this module produces.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from service.commands import COMMANDS
+from service.events import FailureEvent, SuccessEvent, _Event
+from service.handlers import UNKNOWN_COMMAND_EVENT
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _event_schema(model: type[_Event], event_type: str, description: str) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True, mode="serialization")
+    schema["properties"]["type"] = {"const": event_type, "description": "The event type."}
+    return {"$schema": DIALECT, **schema, "title": event_type, "description": description}
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """Relative path → JSON Schema document, for every command and event of the contract."""
+    documents: dict[str, dict[str, Any]] = {}
+    for spec in COMMANDS:
+        schema = spec.model.model_json_schema(by_alias=True)
+        documents[f"commands/{spec.routing_key}.json"] = {
+            "$schema": DIALECT,
+            **schema,
+            "title": spec.routing_key,
+            "description": f"{spec.model.__doc__}\n\n{spec.method} {spec.path}",
+        }
+        documents[f"events/{spec.success_event}.json"] = _event_schema(
+            SuccessEvent, spec.success_event, f"{spec.routing_key} succeeded."
+        )
+        documents[f"events/{spec.failure_event}.json"] = _event_schema(
+            FailureEvent, spec.failure_event, f"{spec.routing_key} failed."
+        )
+    documents[f"events/{UNKNOWN_COMMAND_EVENT}.json"] = _event_schema(
+        FailureEvent,
+        UNKNOWN_COMMAND_EVENT,
+        "UnknownCommand for a routing key that is not a plain dotted word sequence; other "
+        "unknown routing keys get `<routing key>.failed` with the same shape.",
+    )
+    return documents
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+def write(directory: Path) -> None:
+    for relative, document in schemas().items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(document))
+
+
+def drift(directory: Path) -> list[str]:
+    """Files in `directory` that differ from, lack or outlive the generated contract."""
+    expected = {relative: render(document) for relative, document in schemas().items()}
+    present = {
+        str(path.relative_to(directory)): path.read_text() for path in directory.glob("*/*.json")
+    }
+    return sorted(
+        name for name in expected.keys() | present.keys() if expected.get(name) != present.get(name)
+    )

@@ -1,0 +1,34 @@
+"""An offline simulator of the Bentley iTwin Platform REST API the worker calls.
+
+It serves the five endpoints of the API reference pages (create and get workspace, create
+job, create repository, create application) and the OAuth2 token endpoint on one port,
+answering with the pages' paths, headers, bodies and error objects, and lets tests inject
+rate limiting, latency, hangs and server errors at runtime through `/_simulator/*`.
+"""
+
+from .app import build_app
+from .cli import add_arguments, config_from_args
+from .config import SimulatorConfig
+from .contextcapture import NO_CLUSTER_ITWIN_ID
+from .itwins import FORBIDDEN_ITWIN_ID, KNOWN_ITWIN_IDS
+from .pipeline import ACCEPT_MEDIA_TYPE
+from .requestlog import RecordedRequest
+from .server import DEFAULT_PORT, SimulatorHandle, running_simulator, serve
+from .state import SimulatorState
+
+__all__ = [
+    "ACCEPT_MEDIA_TYPE",
+    "DEFAULT_PORT",
+    "FORBIDDEN_ITWIN_ID",
+    "KNOWN_ITWIN_IDS",
+    "NO_CLUSTER_ITWIN_ID",
+    "RecordedRequest",
+    "SimulatorConfig",
+    "SimulatorHandle",
+    "SimulatorState",
+    "add_arguments",
+    "build_app",
+    "config_from_args",
+    "running_simulator",
+    "serve",
+]

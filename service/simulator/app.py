@@ -1,0 +1,91 @@
+"""The ASGI application: the five API endpoints, the token endpoint and the admin endpoints."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import contextcapture, itwins, library
+from .admin import ADMIN_PREFIX, admin_routes
+from .errors import (
+    METHOD_NOT_ALLOWED,
+    RATE_LIMIT_EXCEEDED,
+    RESOURCE_NOT_FOUND,
+    TOO_MANY_REQUESTS,
+    ApiError,
+    ErrorBody,
+)
+from .oauth import TOKEN_PATH, token_endpoint
+from .pipeline import Handler, api_endpoint
+from .state import SimulatorState
+
+# (method, path, endpoint, the wording of its page's 429)
+API_ROUTES: tuple[tuple[str, str, Handler, ErrorBody], ...] = (
+    ("POST", "/contextcapture/workspaces", contextcapture.create_workspace, TOO_MANY_REQUESTS),
+    (
+        "GET",
+        "/contextcapture/workspaces/{workspace_id}",
+        contextcapture.get_workspace,
+        RATE_LIMIT_EXCEEDED,
+    ),
+    ("POST", "/contextcapture/jobs", contextcapture.create_job, TOO_MANY_REQUESTS),
+    ("POST", "/itwins/{itwin_id}/repositories", itwins.create_repository, TOO_MANY_REQUESTS),
+    ("POST", "/library/applications", library.create_application, TOO_MANY_REQUESTS),
+)
+
+_ROUTING_ERRORS = {404: RESOURCE_NOT_FOUND, 405: METHOD_NOT_ALLOWED}
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in the API's error shape, not Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    body = _ROUTING_ERRORS.get(exc.status_code) or ErrorBody(
+        HTTPStatus(exc.status_code).phrase.replace(" ", ""), exc.detail
+    )
+    return ApiError(exc.status_code, body, headers=dict(exc.headers or {})).response()
+
+
+class RequestRecorder:
+    """Logs every API and token request at arrival and its status once it is answered.
+
+    It wraps the whole application, so even unknown paths and unhandled errors are logged.
+    """
+
+    def __init__(self, app: ASGIApp, state: SimulatorState) -> None:
+        self._app = app
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith(ADMIN_PREFIX):
+            await self._app(scope, receive, send)
+            return
+        entry = self._state.log.record(
+            scope["method"], path, "token" if path == TOKEN_PATH else "api"
+        )
+
+        async def send_recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                entry.status = message["status"]
+            await send(message)
+
+        await self._app(scope, receive, send_recording)
+
+
+def build_app(state: SimulatorState) -> ASGIApp:
+    routes = [
+        Route(path, api_endpoint(state, handler, throttled), methods=[method])
+        for method, path, handler, throttled in API_ROUTES
+    ]
+    routes.append(Route(TOKEN_PATH, token_endpoint(state), methods=["POST"]))
+    routes.extend(admin_routes(state))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})
+    # Paths are matched exactly, as the API does: no redirect from a trailing slash.
+    app.router.redirect_slashes = False
+    return RequestRecorder(app, state)

@@ -1,0 +1,200 @@
+"""ContextCapture (Reality Modeling): create and get workspaces, create jobs."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .errors import ApiError, ErrorBody, detail
+from .models import Job, Workspace, new_id, timestamp
+from .state import SimulatorState
+from .validation import (
+    Field,
+    ListOf,
+    Object,
+    Unprocessable,
+    Value,
+    boolean,
+    integer_between,
+    non_empty_text,
+    non_negative_number,
+    one_of,
+    text,
+)
+
+NO_CLUSTER_ITWIN_ID = "00000000-0000-4000-8000-00000000dead"
+"""A workspace for this iTwin gets the page's example 422 (no processing cluster)."""
+
+JOB_TYPES = ("Full", "Calibration", "Reconstruction")
+QUALITIES = ("Draft", "Medium", "Extra")
+OUTPUT_FORMATS = (
+    "CCOrientations",
+    "3MX",
+    "3SM",
+    "WebReady ScalableMesh",
+    "Cesium 3D Tiles",
+    "POD",
+    "Orthophoto/DSM",
+    "LAS",
+    "FBX",
+    "OBJ",
+    "ESRI i3s",
+    "DGN",
+    "LODTreeExport",
+    "PLY",
+    "OPC",
+    "OMR",
+    "ContextScene",
+)
+DEFAULT_QUALITY = "Medium"
+DEFAULT_PROCESSING_ENGINES = 0
+"""The page: 0 means "use your engine limit"."""
+EMAIL_DOMAIN = "apps.imsoidc.bentley.com"
+
+# Price per gigapixel by mesh quality; a megapoint costs a tenth of a gigapixel. Made up, but
+# fixed, so tests can predict estimatedCost.
+COST_PER_GIGAPIXEL = {"Draft": 0.5, "Medium": 1.0, "Extra": 1.5}
+MEGAPOINT_WEIGHT = 0.1
+
+WORKSPACE_NOT_FOUND = ErrorBody("WorkspaceNotFound", "Requested workspace is not available.")
+_CANNOT_CREATE_WORKSPACE = Unprocessable(
+    ErrorBody("InvalidContextCaptureRequest", "Cannot create workspace."), "InvalidParameter"
+)
+_CANNOT_CREATE_JOB = Unprocessable(
+    ErrorBody("InvalidContextCaptureRequest", "Cannot create job."), "InvalidParameter"
+)
+_NO_CLUSTER = detail("InvalidParameter", "No processing cluster in project location.")
+
+_WORKSPACE_SCHEMA = Object(
+    Field("name", Value(non_empty_text)),
+    Field("iTwinId", Value(non_empty_text), required=False),
+)
+
+
+@cache
+def _job_schema(engine_limit: int) -> Object:
+    """The job body's rules; the engine limit is a live knob, hence one schema per value."""
+    return Object(
+        Field("type", Value(one_of(JOB_TYPES))),
+        Field("name", Value(non_empty_text)),
+        Field("workspaceId", Value(non_empty_text)),
+        Field(
+            "inputs",
+            ListOf(
+                Object(
+                    Field("id", Value(non_empty_text)),
+                    Field("description", Value(text), required=False),
+                ),
+                min_items=1,
+            ),
+        ),
+        Field(
+            "settings",
+            Object(
+                Field("quality", Value(one_of(QUALITIES)), required=False),
+                Field("processingEngines", Value(integer_between(0, engine_limit)), required=False),
+                Field("outputs", ListOf(Value(one_of(OUTPUT_FORMATS))), required=False),
+                Field(
+                    "cacheSettings",
+                    Object(
+                        Field("createCache", Value(boolean), required=False),
+                        Field("useCache", Value(text), required=False),
+                    ),
+                    required=False,
+                ),
+            ),
+        ),
+        Field(
+            "costEstimationParameters",
+            Object(
+                Field("gigaPixels", Value(non_negative_number), required=False),
+                Field("megaPoints", Value(non_negative_number), required=False),
+                Field("meshQuality", Value(one_of(QUALITIES)), required=False),
+            ),
+            required=False,
+        ),
+    )
+
+
+def _invalid_parameters(paths: list[str]) -> list[dict[str, str]]:
+    return [detail("InvalidParameter", f"Invalid '{path}' parameter.", path) for path in paths]
+
+
+def _given(source: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields that were given (not absent, not null), dropping anything else."""
+    return {key: source[key] for key in keys if source.get(key) is not None}
+
+
+def estimated_cost(parameters: dict[str, Any]) -> float:
+    """The simulator's deterministic stand-in for the platform's cost estimate."""
+    price = COST_PER_GIGAPIXEL[parameters.get("meshQuality") or DEFAULT_QUALITY]
+    gigapixels = parameters.get("gigaPixels") or 0
+    megapoints = parameters.get("megaPoints") or 0
+    return round(price * (gigapixels + MEGAPOINT_WEIGHT * megapoints), 4)
+
+
+async def create_workspace(state: SimulatorState, request: Request, client_id: str) -> Response:
+    body = await _CANNOT_CREATE_WORKSPACE.json_object(request)
+    bad = _WORKSPACE_SCHEMA.errors(body)
+    if bad:
+        raise _CANNOT_CREATE_WORKSPACE.error(_invalid_parameters(bad))
+    itwin_id = body.get("iTwinId")
+    if itwin_id == NO_CLUSTER_ITWIN_ID:
+        raise _CANNOT_CREATE_WORKSPACE.error([_NO_CLUSTER])
+    workspace = Workspace(new_id(), body["name"], itwin_id, timestamp())
+    state.workspaces[workspace.id] = workspace
+    return JSONResponse({"workspace": workspace.to_json()}, status_code=201)
+
+
+async def get_workspace(state: SimulatorState, request: Request, client_id: str) -> Response:
+    workspace = state.workspaces.get(request.path_params["workspace_id"])
+    if workspace is None:
+        raise ApiError(404, WORKSPACE_NOT_FOUND)
+    return JSONResponse({"workspace": workspace.to_json()})
+
+
+async def create_job(state: SimulatorState, request: Request, client_id: str) -> Response:
+    body = await _CANNOT_CREATE_JOB.json_object(request)
+    bad = _job_schema(state.config.engine_limit).errors(body)
+    workspace_id = body.get("workspaceId")
+    workspace = state.workspaces.get(workspace_id) if isinstance(workspace_id, str) else None
+    if workspace is None and "workspaceId" not in bad:
+        bad.append("workspaceId")
+    if workspace is None or bad:
+        raise _CANNOT_CREATE_JOB.error(_invalid_parameters(bad))
+
+    settings = body["settings"]
+    job_settings: dict[str, Any] = {
+        "quality": settings.get("quality") or DEFAULT_QUALITY,
+        "outputs": [{"format": fmt, "id": new_id()} for fmt in settings.get("outputs") or ()],
+        "processingEngines": settings.get("processingEngines") or DEFAULT_PROCESSING_ENGINES,
+    }
+    if settings.get("cacheSettings") is not None:
+        job_settings["cacheSettings"] = _given(
+            settings["cacheSettings"], ("createCache", "useCache")
+        )
+    cost_parameters = None
+    if body.get("costEstimationParameters") is not None:
+        cost_parameters = _given(
+            body["costEstimationParameters"], ("gigaPixels", "megaPoints", "meshQuality")
+        )
+    now = timestamp()
+    job = Job(
+        id=new_id(),
+        name=body["name"],
+        type=body["type"],
+        workspace_id=workspace.id,
+        itwin_id=workspace.itwin_id,
+        email=f"{client_id}@{EMAIL_DOMAIN}",
+        inputs=[_given(item, ("id", "description")) for item in body["inputs"]],
+        job_settings=job_settings,
+        cost_parameters=cost_parameters,
+        estimated_cost=estimated_cost(cost_parameters) if cost_parameters is not None else None,
+        created=now,
+        last_modified=now,
+    )
+    state.jobs[job.id] = job
+    return JSONResponse({"job": job.to_json()}, status_code=201)

@@ -1,0 +1,155 @@
+"""What every API call goes through before its endpoint runs, in the platform's order.
+
+1. Throttling (a 429 storm, then the own per-client limit): a throttled call is refused before
+   its credentials are even looked at, as a gateway in front of the API would.
+2. Injected faults: latency, hangs, random 500/503.
+3. Authorization, then the Accept header (the pages list both under 401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .errors import (
+    HEADER_ACCEPT_NOT_FOUND,
+    HEADER_AUTHORIZATION_NOT_FOUND,
+    INTERNAL_SERVER_ERROR,
+    INVALID_ACCEPT,
+    INVALID_TOKEN,
+    SERVICE_UNAVAILABLE,
+    SHUTTING_DOWN,
+    ApiError,
+    ErrorBody,
+)
+from .state import SimulatorState
+
+ACCEPT_MEDIA_TYPE = "application/vnd.bentley.itwin-platform.v1+json"
+RATE_LIMIT_TIER = "Community"
+
+Handler = Callable[[SimulatorState, Request, str], Awaitable[Response]]
+"""An endpoint proper: gets the state, the request and the authenticated client id."""
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+_INJECTED_ERRORS = ((500, INTERNAL_SERVER_ERROR), (503, SERVICE_UNAVAILABLE))
+
+
+class _Abandoned(Response):
+    """No answer at all: the client hung up while its request was hanging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
+def api_endpoint(state: SimulatorState, handler: Handler, throttled: ErrorBody) -> Endpoint:
+    """Wrap `handler` in the common pipeline; `throttled` is its page's 429 wording."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            _throttle(state, request, throttled)
+            if not await _inject_faults(state, request):
+                return _Abandoned()
+            client_id = _authenticate(state, request)
+            _check_accept(request)
+            return await handler(state, request, client_id)
+        except ApiError as error:
+            return error.response()
+
+    return endpoint
+
+
+def rate_limit_headers(retry_after: int) -> dict[str, str]:
+    seconds = str(retry_after)
+    return {
+        "retry-after": seconds,
+        "iTwinPlatform-RateLimit-Retry-After-Seconds": seconds,
+        "iTwinPlatform-RateLimit-RemainingCalls": "0",
+        "iTwinPlatform-Tier": RATE_LIMIT_TIER,
+    }
+
+
+def _bearer_token(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _throttle(state: SimulatorState, request: Request, throttled: ErrorBody) -> None:
+    now = time.monotonic()
+    retry_after = state.storm_retry_after(now)
+    if retry_after is None and state.limiter is not None:
+        # The bucket is per client; calls with no token of ours share one anonymous bucket.
+        token = _bearer_token(request.headers.get("authorization", ""))
+        issued = state.tokens.get(token) if token else None
+        wait = state.limiter.take(issued.client_id if issued else "", now)
+        if wait > 0:
+            retry_after = max(state.config.retry_after_seconds, math.ceil(wait))
+    if retry_after is not None:
+        raise ApiError(429, throttled, headers=rate_limit_headers(retry_after))
+
+
+async def _inject_faults(state: SimulatorState, request: Request) -> bool:
+    """Apply latency, hangs and random errors; False when the client gave up meanwhile."""
+    config = state.config
+    delay_ms = config.latency_ms + (random.uniform(0, config.jitter_ms) if config.jitter_ms else 0)
+    if delay_ms > 0:
+        await asyncio.sleep(delay_ms / 1000)
+    hangs = config.hang_rate and random.random() < config.hang_rate
+    if hangs and not await _hang(state, request, config.hang_seconds):
+        return False
+    if config.error_rate and random.random() < config.error_rate:
+        status, body = random.choice(_INJECTED_ERRORS)
+        raise ApiError(status, body)
+    return True
+
+
+async def _hang(state: SimulatorState, request: Request, seconds: float) -> bool:
+    """Sit on the request for `seconds`; False if the client hangs up first.
+
+    Shutdown ends the hang with a 503: otherwise one hung request would hold the server open
+    for up to `hang_seconds`.
+    """
+    # With the body read, the next receive() can only report the client going away.
+    await request.body()
+    elapsed = asyncio.ensure_future(asyncio.sleep(seconds))
+    gone = asyncio.ensure_future(request.receive())
+    closing = asyncio.ensure_future(state.closing.wait())
+    waits = (elapsed, gone, closing)
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if closing.done() and not closing.cancelled():
+        raise ApiError(503, SHUTTING_DOWN)
+    return elapsed.done() and not elapsed.cancelled()
+
+
+def _authenticate(state: SimulatorState, request: Request) -> str:
+    authorization = request.headers.get("authorization", "").strip()
+    if not authorization:
+        raise ApiError(401, HEADER_AUTHORIZATION_NOT_FOUND)
+    token = _bearer_token(authorization)
+    client_id = state.client_of(token, time.monotonic()) if token else None
+    if client_id is None:
+        raise ApiError(401, INVALID_TOKEN)
+    return client_id
+
+
+def _check_accept(request: Request) -> None:
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        raise ApiError(401, HEADER_ACCEPT_NOT_FOUND)
+    media_types = (part.split(";", 1)[0].strip().lower() for part in accept.split(","))
+    if ACCEPT_MEDIA_TYPE not in media_types:
+        raise ApiError(401, INVALID_ACCEPT)

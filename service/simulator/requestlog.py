@@ -1,0 +1,70 @@
+"""The record of what reached the simulator, for tests and benchmarks to read back.
+
+Entries are recorded at arrival and completed when the answer starts, so a hung request is
+visible (status null) while it hangs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RequestKind = Literal["api", "token", "storm"]
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """One request (kind api/token), or the window of a 429 storm (kind storm, with `until`)."""
+
+    t: float
+    """Arrival (or storm start) as `time.time()`."""
+    method: str
+    path: str
+    kind: RequestKind
+    status: int | None = None
+    until: float | None = None
+    retry_after: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "t": self.t,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "kind": self.kind,
+        }
+        if self.kind == "storm":
+            data["until"] = self.until
+            data["retry_after"] = self.retry_after
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecordedRequest:
+        return cls(**data)
+
+
+class RequestLog:
+    """A bounded, append-only list of entries (the oldest fall off past the limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self._entries: deque[RecordedRequest] = deque(maxlen=limit)
+
+    def record(self, method: str, path: str, kind: RequestKind) -> RecordedRequest:
+        """Log an arrival now; the caller fills in the status when it answers."""
+        return self.add(RecordedRequest(time.time(), method, path, kind))
+
+    def add(self, entry: RecordedRequest) -> RecordedRequest:
+        self._entries.append(entry)
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def resize(self, limit: int) -> None:
+        if limit != self._entries.maxlen:
+            self._entries = deque(self._entries, maxlen=limit)
+
+    def to_json(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [entry.to_json() for entry in self._entries if kind is None or entry.kind == kind]

@@ -1,0 +1,135 @@
+"""Real parts for integration tests: a fresh RabbitMQ vhost, a Redis key prefix, the simulator.
+
+Everything a run creates lives in its own vhost (deleted afterwards) and under its own Redis
+prefix (deleted afterwards), so runs never see each other's queues or keys, nor a demo's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aio_pika
+import pytest
+from redis.asyncio import Redis
+
+from service.app import Worker
+from service.producer import Producer
+from service.settings import Settings, load_settings
+from service.simulator import SimulatorConfig, SimulatorHandle, running_simulator
+
+AMQP_BASE = os.environ.get("ITWIN_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
+REDIS_URL = os.environ.get("ITWIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    vhost = f"itwin-test-{uuid.uuid4().hex[:10]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"{AMQP_BASE}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+async def redis_prefix() -> AsyncIterator[str]:
+    prefix = f"itwin-test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    redis = Redis.from_url(REDIS_URL)
+    async for key in redis.scan_iter(match=f"{prefix}:*"):
+        await redis.delete(key)
+    await redis.aclose()
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[SimulatorHandle]:
+    with running_simulator(SimulatorConfig()) as handle:
+        yield handle
+
+
+@pytest.fixture
+def sim(simulator: SimulatorHandle) -> SimulatorHandle:
+    """The session's simulator, reset to its start state for this test."""
+    simulator.reset()
+    return simulator
+
+
+def worker_settings(amqp_url: str, simulator: SimulatorHandle, **overrides: Any) -> Settings:
+    return load_settings(
+        **{
+            "amqp_url": amqp_url,
+            "api_base_url": simulator.base_url,
+            "token_url": simulator.token_url,
+            "client_id": simulator.client_id,
+            "client_secret": simulator.client_secret,
+            "rate_limit_per_second": 1000.0,
+            "rate_limit_burst": 100,
+            "retry_initial_seconds": 0.01,
+            "retry_max_seconds": 0.05,
+            "default_retry_after_seconds": 0.5,
+            "log_format": "console",
+            "shutdown_grace_seconds": 5.0,
+            **overrides,
+        }
+    )
+
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def start_worker(amqp_url: str, sim: SimulatorHandle) -> AsyncIterator[StartWorker]:
+    """Start in-process workers with the test's settings; all are stopped after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Worker:
+            worker = Worker(worker_settings(amqp_url, sim, **overrides))
+            await worker.start()
+            stack.push_async_callback(worker.stop)
+            return worker
+
+        yield start
+
+
+@pytest.fixture
+async def producer(amqp_url: str, start_worker: StartWorker) -> AsyncIterator[Producer]:
+    """A producer on the test vhost; the default worker is already declaring the topology."""
+    await start_worker()
+    async with Producer(amqp_url, "itwin.commands") as client:
+        yield client
+
+
+async def drain_queue(amqp_url: str, queue: str, quiet: float = 1.0) -> list[Any]:
+    """Consume a queue until it stays empty for `quiet` seconds; quorum counts lag, so count."""
+    messages: list[aio_pika.abc.AbstractIncomingMessage] = []
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.get_queue(queue, ensure=True)
+        while True:
+            try:
+                async with asyncio.timeout(quiet):
+                    message = await _get(declared)
+            except TimeoutError:
+                return messages
+            await message.ack()
+            messages.append(message)
+
+
+async def _get(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
+    while True:
+        message = await queue.get(fail=False)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.05)
