@@ -6,7 +6,7 @@ knobs, and `/_simulator/reset` can restore the start-up model as it was.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Literal, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
@@ -33,6 +33,8 @@ class SimulatorConfig(BaseModel):
     latency_ms: NonNegativeFloat = 0.0
     jitter_ms: NonNegativeFloat = 0.0
     error_rate: Fraction = 0.0
+    error_statuses: list[Literal[500, 503]] = Field(default=[500, 503], min_length=1)
+    """Which injected errors `error_rate` picks from (at random)."""
     hang_rate: Fraction = 0.0
     hang_seconds: NonNegativeFloat = 3600.0
     token_endpoint_down: bool = False

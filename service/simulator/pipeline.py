@@ -38,7 +38,7 @@ Handler = Callable[[SimulatorState, Request, str], Awaitable[Response]]
 """An endpoint proper: gets the state, the request and the authenticated client id."""
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-_INJECTED_ERRORS = ((500, INTERNAL_SERVER_ERROR), (503, SERVICE_UNAVAILABLE))
+_INJECTED_ERRORS = {500: INTERNAL_SERVER_ERROR, 503: SERVICE_UNAVAILABLE}
 
 
 class _Abandoned(Response):
@@ -108,8 +108,8 @@ async def _inject_faults(state: SimulatorState, request: Request) -> bool:
     if hangs and not await _hang(state, request, config.hang_seconds):
         return False
     if config.error_rate and random.random() < config.error_rate:
-        status, body = random.choice(_INJECTED_ERRORS)
-        raise ApiError(status, body)
+        status = random.choice(config.error_statuses)
+        raise ApiError(status, _INJECTED_ERRORS[status])
     return True
 
 

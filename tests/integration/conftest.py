@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -133,3 +136,77 @@ async def _get(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomi
         if message is not None:
             return message
         await asyncio.sleep(0.05)
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment that gives `itwin-worker run` exactly these settings."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ITWIN_WORKER_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            environment[f"ITWIN_WORKER_{name.upper()}"] = text
+    secret = settings.client_secret
+    if secret is not None:
+        environment["ITWIN_WORKER_CLIENT_SECRET"] = secret.get_secret_value()
+    return environment
+
+
+class WorkerProcess:
+    """`itwin-worker run` as a subprocess, its log kept in a file for the test to read."""
+
+    def __init__(self, settings: Settings, log_path: Any) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "run"],
+            env=worker_environment(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    async def ready(self, within: float = 20.0) -> None:
+        async with asyncio.timeout(within):
+            while "worker consuming" not in self.log():
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"worker exited {self.process.returncode}:\n{self.log()}")
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+SpawnWorkers = Callable[..., Awaitable[list[WorkerProcess]]]
+
+
+@pytest.fixture
+async def spawn_workers(
+    amqp_url: str, sim: SimulatorHandle, tmp_path: Path
+) -> AsyncIterator[SpawnWorkers]:
+    """Start `count` worker processes with the same settings; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    async def spawn(count: int, **overrides: Any) -> list[WorkerProcess]:
+        settings = worker_settings(amqp_url, sim, log_format="json", **overrides)
+        batch = [
+            WorkerProcess(settings, tmp_path / f"worker-{len(started) + i}.log")
+            for i in range(count)
+        ]
+        started.extend(batch)
+        for worker in batch:
+            await worker.ready()
+        return batch
+
+    yield spawn
+    for worker in started:
+        worker.stop()
