@@ -6,7 +6,7 @@ knobs, and `/_simulator/reset` can restore the start-up model as it was.
 
 from __future__ import annotations
 
-from typing import Literal, Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
