@@ -13,13 +13,14 @@ import httpx
 import structlog
 from faststream import AckPolicy
 from faststream.message import StreamMessage
-from faststream.rabbit import Channel, RabbitBroker, RabbitMessage
+from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitMessage, RabbitQueue
 from redis.asyncio import Redis
 
 from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
 from service.commands import COMMANDS, CommandSpec
-from service.handlers import Delivery, Pipeline
+from service.handlers import Delivery, DeliveryPolicy, Pipeline
+from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.outbox import BrokerOutbox
 from service.redis_keys import RedisKeys
@@ -50,11 +51,12 @@ async def _raw_body(message: StreamMessage[Any]) -> bytes:
     return message.body
 
 
-def delivery_from(message: RabbitMessage) -> Delivery:
+def delivery_from(message: RabbitMessage, queue: str) -> Delivery:
     raw = message.raw_message
     return Delivery(
         body=raw.body,
         routing_key=raw.routing_key or "",
+        queue=queue,
         message_id=raw.message_id,
         correlation_id=raw.correlation_id,
         reply_to=raw.reply_to,
@@ -99,7 +101,12 @@ class Worker:
                 default_retry_after=settings.default_retry_after_seconds,
             ),
         )
-        self.pipeline = Pipeline(self.api, BrokerOutbox(self.broker, self.topology))
+        self.pipeline = Pipeline(
+            self.api,
+            BrokerOutbox(self.broker, self.topology),
+            self._outcomes(),
+            DeliveryPolicy(settings.retry_delays, settings.delivery_limit),
+        )
         for spec in COMMANDS:
             self._consume(self.topology.command_queue(spec), self.topology.commands, spec)
         self._consume(self.topology.unrouted_queue, self.topology.unrouted, None)
@@ -113,14 +120,24 @@ class Worker:
             return LocalLimiter(buckets)
         return RedisLimiter(self.redis, RedisKeys(settings.redis_prefix), buckets)
 
-    def _consume(self, queue: Any, exchange: Any, spec: CommandSpec | None) -> None:
+    def _outcomes(self) -> OutcomeStore:
+        settings = self.settings
+        ttl, lease = settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds
+        if self.redis is None:
+            log.info("idempotency records in memory: correct for a single replica only")
+            return MemoryOutcomes(ttl, lease)
+        return RedisOutcomes(self.redis, RedisKeys(settings.redis_prefix), ttl, lease)
+
+    def _consume(
+        self, queue: RabbitQueue, exchange: RabbitExchange, spec: CommandSpec | None
+    ) -> None:
         self.broker.subscriber(
             queue,
             exchange,
             ack_policy=AckPolicy.NACK_ON_ERROR,
             no_reply=True,
             decoder=_raw_body,
-        )(_consumer(self.pipeline, spec))
+        )(_consumer(self.pipeline, spec, queue.name))
 
     async def start(self) -> None:
         await self.broker.connect()
@@ -129,6 +146,10 @@ class Worker:
         await self.broker.declare_exchange(topology.dead_letters)
         dead_letter_queue = await self.broker.declare_queue(topology.dead_letter_queue)
         await dead_letter_queue.bind(topology.dead_letters.name)
+        for exchange, queue in topology.delays.values():
+            await self.broker.declare_exchange(exchange)
+            delay_queue = await self.broker.declare_queue(queue)
+            await delay_queue.bind(exchange.name)
         await self.broker.start()
         log.info("worker consuming", queues=len(COMMANDS) + 1, prefetch=self.settings.prefetch)
 
@@ -141,10 +162,10 @@ class Worker:
 
 
 def _consumer(
-    pipeline: Pipeline, spec: CommandSpec | None
+    pipeline: Pipeline, spec: CommandSpec | None, queue: str
 ) -> Callable[[bytes, RabbitMessage], Awaitable[None]]:
     async def consume(body: bytes, message: RabbitMessage) -> None:
-        await pipeline.handle(spec, delivery_from(message))
+        await pipeline.handle(spec, delivery_from(message, queue))
 
     consume.__name__ = f"consume_{spec.routing_key if spec else 'unrouted'}".replace(".", "_")
     return consume

@@ -7,7 +7,9 @@ the API was never reached) and whether trying again later could help.
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,5 +114,29 @@ def failure(
     )
 
 
-def encode(event: Event) -> bytes:
-    return event.model_dump_json(by_alias=True).encode()
+@dataclass(frozen=True)
+class EncodedEvent:
+    """An event as it travels and as it is recorded: the bytes, plus the AMQP properties."""
+
+    body: bytes
+    event_id: str
+    type: str
+    command_id: str
+    correlation_id: str
+
+    @classmethod
+    def of(cls, event: Event) -> EncodedEvent:
+        body = event.model_dump_json(by_alias=True).encode()
+        return cls(body, event.event_id, event.type, event.command_id, event.correlation_id)
+
+    @classmethod
+    def parse(cls, body: bytes) -> EncodedEvent:
+        """A recorded event, published again byte for byte."""
+        document = json.loads(body)
+        return cls(
+            body,
+            document["eventId"],
+            document["type"],
+            document["commandId"],
+            document["correlationId"],
+        )

@@ -1,16 +1,21 @@
 """The one pipeline every command goes through.
 
-delivery → ids → validate (spec.parse) → API call (limiter, token, retries inside the client)
-→ event → dead-letter copy when the failure is a fault → publish. The broker adapter acks the
+delivery → ids → claim the id (a recorded outcome is published again, nothing is called)
+→ validate (spec.parse) → API call (limiter, token, retries inside the client) → event
+→ record the outcome → dead-letter copy when the failure is a fault → publish.
+
+A retriable failure is not final while delayed attempts remain: the command goes to a delay
+queue instead and comes back later, with no event in between. The broker adapter acks the
 command only after `handle` returns, that is after every publish here was confirmed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -19,8 +24,15 @@ import structlog
 
 from service.api import ApiResponse
 from service.commands import ApiRequest, CommandSpec
-from service.errors import ApiError, InvalidCommand, UnknownCommand, WorkerError
-from service.events import Event, failure, success
+from service.errors import (
+    ApiError,
+    InvalidCommand,
+    RetriesExhausted,
+    UnknownCommand,
+    WorkerError,
+)
+from service.events import EncodedEvent, Event, failure, success
+from service.idempotency import Busy, Leased, OutcomeStore, Recorded
 
 log = structlog.get_logger("itwin_worker.handlers")
 
@@ -29,6 +41,11 @@ _JSON_CONTENT_TYPE = re.compile(r"^application/json\s*(;.*)?$", re.IGNORECASE)
 _SAFE_ROUTING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
 UNKNOWN_COMMAND_EVENT = "command.failed"
 
+# Headers the worker reads on a command.
+DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues on redelivery
+DELAYED_ATTEMPT_HEADER = "x-itwin-delayed-attempt"
+REPLAY_HEADER = "x-itwin-replay"
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -36,11 +53,16 @@ class Delivery:
 
     body: bytes
     routing_key: str
+    queue: str = ""
     message_id: str | None = None
     correlation_id: str | None = None
     reply_to: str | None = None
     content_type: str | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def header_int(self, name: str) -> int:
+        value = self.headers.get(name)
+        return value if isinstance(value, int) and value >= 0 else 0
 
 
 class Api(Protocol):
@@ -48,11 +70,15 @@ class Api(Protocol):
 
 
 class Outbox(Protocol):
-    """Where events and dead letters go; every method returns once the broker confirmed."""
+    """Where events, delays and dead letters go; each returns once the broker confirmed."""
 
-    async def publish(self, event: Event, reply_to: str | None) -> None: ...
+    async def publish(self, event: EncodedEvent, reply_to: str | None) -> None: ...
 
-    async def dead_letter(self, delivery: Delivery, event: Event, reason: WorkerError) -> None: ...
+    async def dead_letter(
+        self, delivery: Delivery, event: EncodedEvent, reason: WorkerError
+    ) -> None: ...
+
+    async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None: ...
 
 
 def failure_event_type(spec: CommandSpec | None, routing_key: str) -> str:
@@ -63,50 +89,119 @@ def failure_event_type(spec: CommandSpec | None, routing_key: str) -> str:
     return UNKNOWN_COMMAND_EVENT
 
 
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    retry_delays: Sequence[float] = (10.0, 60.0, 300.0)
+    """Delays before the command is tried again after a retriable failure, in order."""
+    delivery_limit: int = 5
+    """The queues' x-delivery-limit: on the last delivery a crash becomes a failure event."""
+
+
 class Pipeline:
-    """Turns one delivery into exactly one event (and a dead letter when it is a fault)."""
+    """Turns one delivery into exactly one event per recorded outcome."""
 
     def __init__(
         self,
         api: Api,
         outbox: Outbox,
+        outcomes: OutcomeStore,
+        policy: DeliveryPolicy = DeliveryPolicy(),
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._api = api
         self._outbox = outbox
+        self._outcomes = outcomes
+        self._policy = policy
         self._now = now
 
-    async def handle(self, spec: CommandSpec | None, delivery: Delivery) -> Event:
+    async def handle(self, spec: CommandSpec | None, delivery: Delivery) -> None:
         started = time.perf_counter()
         command_id = delivery.message_id or str(uuid.uuid4())
-        correlation_id = delivery.correlation_id or command_id
         structlog.contextvars.bind_contextvars(
             command_id=command_id,
-            correlation_id=correlation_id,
+            correlation_id=delivery.correlation_id or command_id,
             routing_key=delivery.routing_key,
         )
         try:
-            if not delivery.message_id:
-                log.warning("command has no message_id; it cannot be deduplicated")
-            event, reason, status = await self._outcome(spec, delivery, command_id, correlation_id)
-            if reason is not None and reason.dead_letter:
-                await self._outbox.dead_letter(delivery, event, reason)
-            await self._outbox.publish(event, delivery.reply_to)
-            log.info(
-                "command finished",
-                outcome="success" if reason is None else "failure",
-                event_type=event.type,
-                api_status=status,
-                error_code=reason.code if reason else None,
-                attempts=event.attempts,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            )
-            return event
+            await self._handle(spec, delivery, command_id, started)
         finally:
             structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "routing_key")
 
+    async def _handle(
+        self, spec: CommandSpec | None, delivery: Delivery, command_id: str, started: float
+    ) -> None:
+        token = None
+        if delivery.message_id:
+            claim = await self._claim(command_id, fresh=bool(delivery.headers.get(REPLAY_HEADER)))
+            if isinstance(claim, Recorded):
+                await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)
+                log.info("duplicate command: recorded event published again")
+                return
+            token = claim.token
+        else:
+            log.warning("command has no message_id; it cannot be deduplicated")
+        try:
+            event, reason, status = await self._outcome(spec, delivery, command_id)
+        except Exception as exc:
+            if token is not None:
+                await self._outcomes.release(command_id, token)
+            if delivery.header_int(DELIVERY_COUNT_HEADER) < self._policy.delivery_limit:
+                raise
+            reason = RetriesExhausted(
+                f"The worker failed on this command {self._policy.delivery_limit + 1} times "
+                f"({type(exc).__name__}).",
+                retriable=False,
+            )
+            event, status, token = self._failure(spec, delivery, command_id, reason), None, None
+        attempt = delivery.header_int(DELAYED_ATTEMPT_HEADER)
+        if reason is not None and reason.retriable and attempt < len(self._policy.retry_delays):
+            delay = self._policy.retry_delays[attempt]
+            if token is not None:
+                await self._outcomes.release(command_id, token)
+            await self._outbox.delay(delivery, attempt + 1, delay)
+            log.info("command delayed", error_code=reason.code, delay_s=delay, attempt=attempt + 1)
+            return
+        encoded = EncodedEvent.of(event)
+        if token is not None:
+            if reason is None or not reason.retriable:
+                await self._outcomes.record(command_id, token, encoded.body)
+            else:
+                await self._outcomes.release(command_id, token)
+        if reason is not None and reason.dead_letter:
+            await self._outbox.dead_letter(delivery, encoded, reason)
+        await self._outbox.publish(encoded, delivery.reply_to)
+        log.info(
+            "command finished",
+            outcome="success" if reason is None else "failure",
+            event_type=event.type,
+            api_status=status,
+            error_code=reason.code if reason else None,
+            attempts=event.attempts,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    async def _claim(self, command_id: str, *, fresh: bool) -> Recorded | Leased:
+        """Claim the id, waiting while another worker holds its lease."""
+        while True:
+            claim = await self._outcomes.claim(command_id, fresh=fresh)
+            if not isinstance(claim, Busy):
+                return claim
+            log.info("command is being worked on elsewhere; waiting", lease_s=claim.remaining)
+            await asyncio.sleep(min(max(claim.remaining, 0.05), 1.0))
+
+    def _failure(
+        self, spec: CommandSpec | None, delivery: Delivery, command_id: str, error: WorkerError
+    ) -> Event:
+        return failure(
+            failure_event_type(spec, delivery.routing_key),
+            command_id=command_id,
+            correlation_id=delivery.correlation_id or command_id,
+            error=error,
+            now=self._now(),
+        )
+
     async def _outcome(
-        self, spec: CommandSpec | None, delivery: Delivery, command_id: str, correlation_id: str
+        self, spec: CommandSpec | None, delivery: Delivery, command_id: str
     ) -> tuple[Event, WorkerError | None, int | None]:
         try:
             if spec is None:
@@ -115,19 +210,11 @@ class Pipeline:
                 )
             response, result = await self._call(spec, delivery)
         except WorkerError as error:
-            event_type = failure_event_type(spec, delivery.routing_key)
-            event: Event = failure(
-                event_type,
-                command_id=command_id,
-                correlation_id=correlation_id,
-                error=error,
-                now=self._now(),
-            )
-            return event, error, error.status
+            return self._failure(spec, delivery, command_id, error), error, error.status
         event = success(
             spec.success_event,
             command_id=command_id,
-            correlation_id=correlation_id,
+            correlation_id=delivery.correlation_id or command_id,
             result=result,
             attempts=response.attempts,
             now=self._now(),

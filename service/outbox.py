@@ -7,12 +7,13 @@ Every publish is persistent and waits for the broker's confirm, so when the pipe
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from faststream.rabbit import RabbitBroker, RabbitExchange
 
 from service.errors import WorkerError
-from service.events import Event, encode
-from service.handlers import Delivery
+from service.events import EncodedEvent
+from service.handlers import DELAYED_ATTEMPT_HEADER, Delivery
 from service.topology import Topology
 
 JSON = "application/json"
@@ -23,6 +24,8 @@ ERROR_CODE_HEADER = "x-itwin-error-code"
 ERROR_MESSAGE_HEADER = "x-itwin-error-message"
 EVENT_ID_HEADER = "x-itwin-event-id"
 FAILED_AT_HEADER = "x-itwin-failed-at"
+# The broker's own bookkeeping of a delivery; a republished command starts afresh.
+_BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-", "x-last-death-")
 
 
 class BrokerOutbox:
@@ -31,18 +34,17 @@ class BrokerOutbox:
         self._topology = topology
         self._own_queue_prefix = topology.settings.queue_prefix
 
-    async def publish(self, event: Event, reply_to: str | None) -> None:
-        body = encode(event)
-        await self._publish_event(body, event, self._topology.events, event.type)
+    async def publish(self, event: EncodedEvent, reply_to: str | None) -> None:
+        await self._publish_event(event, self._topology.events, event.type)
         # A reply_to naming one of our own queues would feed our event back in as a command.
         if reply_to and not reply_to.startswith(self._own_queue_prefix):
-            await self._publish_event(body, event, None, reply_to)
+            await self._publish_event(event, None, reply_to)
 
     async def _publish_event(
-        self, body: bytes, event: Event, exchange: RabbitExchange | None, routing_key: str
+        self, event: EncodedEvent, exchange: RabbitExchange | None, routing_key: str
     ) -> None:
         await self._broker.publish(
-            body,
+            event.body,
             exchange=exchange,
             routing_key=routing_key,
             persist=True,
@@ -53,23 +55,55 @@ class BrokerOutbox:
             content_type=JSON,
         )
 
-    async def dead_letter(self, delivery: Delivery, event: Event, reason: WorkerError) -> None:
+    async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None:
+        """Park the command in the delay queue; it expires back into its work queue."""
+        exchange, _ = self._topology.delays[seconds]
+        await self._republish(delivery, exchange, delivery.queue, {DELAYED_ATTEMPT_HEADER: attempt})
+
+    async def dead_letter(
+        self, delivery: Delivery, event: EncodedEvent, reason: WorkerError
+    ) -> None:
         headers = {
-            **delivery.headers,
             ROUTING_KEY_HEADER: delivery.routing_key,
             ERROR_CODE_HEADER: reason.code,
             ERROR_MESSAGE_HEADER: reason.message,
             EVENT_ID_HEADER: event.event_id,
             FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
         }
-        await self._broker.publish(
-            delivery.body,
-            routing_key=self._topology.dead_letter_queue.name,
-            persist=True,
-            mandatory=False,
+        await self._republish(
+            delivery,
+            None,
+            self._topology.dead_letter_queue.name,
+            headers,
             message_id=event.command_id,
             correlation_id=event.correlation_id,
+        )
+
+    async def _republish(
+        self,
+        delivery: Delivery,
+        exchange: RabbitExchange | None,
+        routing_key: str,
+        headers: dict[str, Any],
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        """The command again, body and properties as received, plus `headers`."""
+        kept = {
+            name: value
+            for name, value in delivery.headers.items()
+            if not name.startswith(_BROKER_HEADERS)
+        }
+        await self._broker.publish(
+            delivery.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            persist=True,
+            mandatory=False,
+            message_id=message_id or delivery.message_id,
+            correlation_id=correlation_id or delivery.correlation_id,
             reply_to=delivery.reply_to,
             content_type=delivery.content_type,
-            headers=headers,
+            headers={**kept, **headers},
         )

@@ -79,10 +79,17 @@ class Settings(BaseSettings):
     retry_max_seconds: PositiveFloat = 10.0
     token_refresh_margin_seconds: PositiveFloat = 300.0
 
+    retry_delays: Annotated[list[PositiveFloat], NoDecode] = [10.0, 60.0, 300.0]
+    """Delayed redeliveries after a retriable failure (delay queues), before it is final."""
+    idempotency_ttl_seconds: PositiveFloat = 86400.0
+    """How long a command's outcome is kept to answer a redelivery or a re-send."""
+    idempotency_lease_seconds: PositiveFloat = 30.0
+    """How long one worker may hold a command before another may take it over."""
+
     shutdown_grace_seconds: PositiveFloat = 25.0
     """Fits Kubernetes' default terminationGracePeriodSeconds of 30 with room to exit."""
 
-    @field_validator("job_poll_schedule", mode="before")
+    @field_validator("job_poll_schedule", "retry_delays", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
         return _seconds_list(value)
@@ -113,6 +120,9 @@ class Settings(BaseSettings):
     @property
     def unrouted_queue(self) -> str:
         return f"{self.queue_prefix}unrouted"
+
+    def delay_queue(self, seconds: float) -> str:
+        return f"{self.queue_prefix}delay.{seconds:g}s"
 
 
 class SettingsError(Exception):

@@ -24,6 +24,9 @@ class Topology:
     dead_letters: RabbitExchange
     dead_letter_queue: RabbitQueue
     unrouted_queue: RabbitQueue
+    delays: dict[float, tuple[RabbitExchange, RabbitQueue]]
+    """Per delay: a fanout exchange and a queue whose expired messages go back, through the
+    default exchange, to the work queue named by their routing key."""
     settings: Settings
 
     @classmethod
@@ -48,8 +51,25 @@ class Topology:
                 settings.dead_letter_queue, queue_type=QueueType.QUORUM, durable=True
             ),
             unrouted_queue=cls._work_queue(settings, settings.unrouted_queue, "", dead_letters),
+            delays={seconds: cls._delay(settings, seconds) for seconds in settings.retry_delays},
             settings=settings,
         )
+
+    @staticmethod
+    def _delay(settings: Settings, seconds: float) -> tuple[RabbitExchange, RabbitQueue]:
+        name = settings.delay_queue(seconds)
+        queue = RabbitQueue(
+            name,
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            arguments={
+                "x-message-ttl": int(seconds * 1000),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        return RabbitExchange(name, type=ExchangeType.FANOUT, durable=True), queue
 
     @staticmethod
     def _work_queue(

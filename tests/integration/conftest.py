@@ -83,6 +83,9 @@ def worker_settings(amqp_url: str, simulator: SimulatorHandle, **overrides: Any)
             "default_retry_after_seconds": 0.5,
             "log_format": "console",
             "shutdown_grace_seconds": 5.0,
+            # Retriable failures are final at once unless a test is about delayed redelivery.
+            "retry_delays": [],
+            "idempotency_lease_seconds": 3.0,
             **overrides,
         }
     )

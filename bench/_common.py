@@ -1,0 +1,452 @@
+"""Shared parts of the benchmarks: an isolated broker vhost and Redis prefix, the simulator as a
+subprocess, child processes watched through /proc, the backlog publisher and the event counter.
+
+Everything a run creates lives in its own RabbitMQ vhost (`bench-<random>`, deleted at the end)
+and under its own Redis key prefix (`bench-<random>`, keys deleted at the end), also when the run
+is interrupted. All traffic stays on 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import aio_pika
+import httpx
+from aio_pika.abc import AbstractIncomingMessage
+from faststream.rabbit import RabbitBroker
+from redis.asyncio import Redis
+
+from service.commands import COMMANDS, CommandSpec
+from service.producer import Producer
+from service.settings import Settings, load_settings
+from service.simulator import SimulatorConfig
+from service.topology import Topology
+
+AMQP_BASE = os.environ.get("ITWIN_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
+REDIS_URL = os.environ.get("ITWIN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROUTING_KEY = "workspace.create"
+COMMAND_BODY = b'{"name": "w"}'
+from bench._variants import READY_MARKER
+"""The log line a worker (and each bench variant) writes once it consumes."""
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, stamped with seconds since the benchmark started."""
+    print(f"[{time.monotonic() - _STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def random_name() -> str:
+    return f"bench-{uuid.uuid4().hex[:10]}"
+
+
+def terminate_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so every `finally` (vhost, keys, children) still runs."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+# --- isolation -----------------------------------------------------------------------------
+
+
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout
+
+
+@contextlib.contextmanager
+def bench_vhost() -> Iterator[str]:
+    """A fresh vhost for this run; yields its AMQP URL and deletes the vhost afterwards."""
+    vhost = random_name()
+    _rabbitmqctl("add_vhost", vhost)
+    progress(f"created vhost {vhost}")
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"{AMQP_BASE}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+        progress(f"deleted vhost {vhost}")
+
+
+@contextlib.asynccontextmanager
+async def bench_redis_prefix() -> AsyncIterator[tuple[str, Redis]]:
+    """A fresh Redis key prefix (and a client); every `<prefix>:*` key is deleted afterwards."""
+    prefix = random_name()
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        await redis.ping()
+        yield prefix, redis
+    finally:
+        deleted = 0
+        async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+            deleted += await redis.delete(key)
+        await redis.aclose()
+        progress(f"deleted {deleted} Redis keys under {prefix}:")
+
+
+def broker_pid() -> int | None:
+    """The RabbitMQ node's OS pid (to read its CPU time), or None if rabbitmqctl cannot say."""
+    try:
+        return int(_rabbitmqctl("eval", "os:getpid().").strip().strip('"'))
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return None
+
+
+async def redis_pid(redis: Redis) -> int | None:
+    info = await redis.info("server")
+    pid = info.get("process_id")
+    return int(pid) if pid is not None else None
+
+
+# --- /proc ---------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds the process has used so far (0.0 if it is gone or unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5), counted from the state field (field 3) here.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def status_mib(pid: int, key: str) -> float:
+    """A `/proc/<pid>/status` size (VmRSS: resident now, VmHWM: peak resident) in MiB."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any ITWIN_WORKER_* variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ITWIN_WORKER_")}
+
+
+class ChildProcess:
+    """A child process whose output goes to a log file; knows when it was started."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("wb")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            list(argv), env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.pid = self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    async def ready(self, marker: str = READY_MARKER, within: float = 30.0) -> float:
+        """Wait for `marker` in the log; return seconds from spawn until it was seen (±10 ms)."""
+        async with asyncio.timeout(within):
+            while marker not in self.log():
+                if not self.alive():
+                    raise RuntimeError(
+                        f"{self.log_path.name} exited {self.process.returncode}:\n{self.log()}"
+                    )
+                await asyncio.sleep(0.01)
+        return time.monotonic() - self.started
+
+    def stop(self, grace: float = 15.0) -> int:
+        """SIGTERM, wait up to `grace` seconds, then SIGKILL; returns the exit status."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def stopping(processes: Sequence[ChildProcess]) -> Iterator[None]:
+    """Stop every process on the way out, whatever happened."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.stop()
+
+
+class Simulator:
+    """`itwin-worker simulator` in its own process (its CPU stays off the measured process)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.token_url = f"{self.base_url}/connect/token"
+        self.client_id, self.client_secret = next(iter(SimulatorConfig().clients.items()))
+        argv = [sys.executable, "-m", "service.cli", "simulator"]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self.child = ChildProcess(argv, clean_environment(), workdir / "simulator.log")
+        self.pid = self.child.pid
+        self._admin = httpx.Client(base_url=f"{self.base_url}/_simulator", timeout=30.0)
+
+    def __enter__(self) -> Simulator:
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._admin.close()
+        self.child.stop()
+
+    def _wait_until_up(self, within: float = 20.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if not self.child.alive():
+                raise RuntimeError(f"the simulator exited:\n{self.child.log()}")
+            try:
+                self._admin.get("/config").raise_for_status()
+            except httpx.HTTPError:
+                time.sleep(0.05)
+            else:
+                return
+        raise TimeoutError("the simulator did not answer within 20 s")
+
+    def reset(self, latency_ms: float) -> None:
+        """Back to the start state (no objects, no tokens, empty log), with this API latency."""
+        self._admin.post("/reset").raise_for_status()
+        self._admin.patch("/config", json={"latency_ms": latency_ms}).raise_for_status()
+
+    def requests(self, kind: str = "api") -> list[tuple[float, int | None]]:
+        """(arrival time as the simulator's `time.time()`, HTTP status) of each logged request."""
+        response = self._admin.get("/requests", params={"kind": kind})
+        response.raise_for_status()
+        return [(float(entry["t"]), entry["status"]) for entry in response.json()["requests"]]
+
+
+# --- the worker ----------------------------------------------------------------------------
+
+
+def worker_settings(amqp_url: str, simulator: Simulator, **overrides: Any) -> Settings:
+    """Settings for `itwin-worker run` against this vhost and simulator (JSON logs, INFO)."""
+    return load_settings(
+        **{
+            "amqp_url": amqp_url,
+            "api_base_url": simulator.base_url,
+            "token_url": simulator.token_url,
+            "client_id": simulator.client_id,
+            "client_secret": simulator.client_secret,
+            "log_format": "json",
+            "log_level": "INFO",
+            "http_port": free_port(),
+            "shutdown_grace_seconds": 5.0,
+            **overrides,
+        }
+    )
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment that gives `itwin-worker run` exactly these settings."""
+    environment = clean_environment()
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            environment[f"ITWIN_WORKER_{name.upper()}"] = text
+    if settings.client_secret is not None:
+        environment["ITWIN_WORKER_CLIENT_SECRET"] = settings.client_secret.get_secret_value()
+    return environment
+
+
+def spawn_worker(settings: Settings, log_path: Path) -> ChildProcess:
+    argv = [sys.executable, "-m", "service.cli", "run"]
+    return ChildProcess(argv, worker_environment(settings), log_path)
+
+
+def workspace_create_spec() -> CommandSpec:
+    return next(spec for spec in COMMANDS if spec.routing_key == ROUTING_KEY)
+
+
+async def declare_topology(settings: Settings) -> str:
+    """Declare, exactly as the worker does, the command and event exchanges and the
+    `workspace.create` quorum queue with its binding, so a backlog can wait for the worker.
+
+    Returns the command queue's name.
+    """
+    topology = Topology.from_settings(settings)
+    queue = topology.command_queue(workspace_create_spec())
+    broker = RabbitBroker(settings.amqp_url, logger=None)
+    await broker.connect()
+    try:
+        commands = await broker.declare_exchange(topology.commands)
+        await broker.declare_exchange(topology.events)
+        declared = await broker.declare_queue(queue)
+        await declared.bind(commands, routing_key=ROUTING_KEY)
+    finally:
+        await broker.stop()
+    return queue.name
+
+
+async def publish_backlog(
+    producer: Producer, count: int, *, reply: bool = False, chunk: int = 250
+) -> list[str]:
+    """Publish `count` workspace.create commands (persistent, confirmed, `chunk` in flight).
+
+    Returns their message ids, in publishing order.
+    """
+    ids: list[str] = []
+    while len(ids) < count:
+        size = min(chunk, count - len(ids))
+        batch = [producer.publish(ROUTING_KEY, COMMAND_BODY, reply=reply) for _ in range(size)]
+        ids += await asyncio.gather(*batch)
+    return ids
+
+
+async def queue_depth(amqp_url: str, queue: str) -> int:
+    """Messages ready in a queue (quorum counts may lag a little behind)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.get_queue(queue, ensure=True)
+        result = await declared.declare()
+        return int(result.message_count or 0)
+
+
+# --- observing events ----------------------------------------------------------------------
+
+
+Probe = Callable[[], Any]
+
+
+@dataclass
+class _Round:
+    expected: int
+    probe: Probe
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
+    first: tuple[float, Any] | None = None
+    last: tuple[float, Any] | None = None
+
+
+class EventCounter:
+    """Counts the events on the event exchange (an exclusive queue bound with `#`).
+
+    For each round it records the time (`time.monotonic()`) of the first and of the `expected`th
+    event, and calls `probe` at both moments, so a caller can snapshot CPU counters exactly
+    over the window in which the events arrived.
+    """
+
+    def __init__(self, amqp_url: str, event_exchange: str) -> None:
+        self._url = amqp_url
+        self._exchange = event_exchange
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._round: _Round | None = None
+
+    async def __aenter__(self) -> EventCounter:
+        self._connection = await aio_pika.connect(self._url)
+        channel = await self._connection.channel()
+        exchange = await channel.get_exchange(self._exchange, ensure=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key="#")
+        await queue.consume(self._on_event, no_ack=True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    def start_round(self, expected: int, probe: Probe) -> None:
+        self._round = _Round(expected, probe)
+
+    @property
+    def count(self) -> int:
+        return self._round.count if self._round else 0
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        current = self._round
+        if current is None:
+            return
+        current.count += 1
+        if current.count == 1:
+            current.first = (time.monotonic(), current.probe())
+        if current.count == current.expected:
+            current.last = (time.monotonic(), current.probe())
+            current.done.set()
+
+    async def finish_round(self, within: float) -> tuple[tuple[float, Any], tuple[float, Any]]:
+        """Wait for the round's last event; return (time, probe) at the first and the last."""
+        current = self._round
+        assert current is not None, "start_round first"
+        async with asyncio.timeout(within):
+            await current.done.wait()
+        assert current.first is not None and current.last is not None
+        return current.first, current.last
+
+    async def first_event(self, within: float) -> float:
+        """Wait for the round's first event; return its time (`time.monotonic()`)."""
+        current = self._round
+        assert current is not None, "start_round first"
+        async with asyncio.timeout(within):
+            while current.first is None:
+                await asyncio.sleep(0.005)
+        return current.first[0]
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """The largest number of `times` inside any half-open window [t, t + window)."""
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_left(ordered, t + window) - i for i, t in enumerate(ordered)), default=0
+    )
