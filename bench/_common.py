@@ -30,6 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from redis.asyncio import Redis
 
+from bench._variants import READY_MARKER
 from service.commands import COMMANDS, CommandSpec
 from service.producer import Producer
 from service.settings import Settings, load_settings
@@ -40,9 +41,8 @@ AMQP_BASE = os.environ.get("ITWIN_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.
 REDIS_URL = os.environ.get("ITWIN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROUTING_KEY = "workspace.create"
 COMMAND_BODY = b'{"name": "w"}'
-from bench._variants import READY_MARKER
-"""The log line a worker (and each bench variant) writes once it consumes."""
 
+REPO = Path(__file__).resolve().parents[1]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _STARTED = time.monotonic()
 
@@ -166,7 +166,7 @@ class ChildProcess:
         self._log: IO[bytes] = log_path.open("wb")
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            list(argv), env=env, stdout=self._log, stderr=subprocess.STDOUT
+            list(argv), env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.pid = self.process.pid
 
@@ -367,6 +367,7 @@ class _Round:
     expected: int
     probe: Probe
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
     count: int = 0
     first: tuple[float, Any] | None = None
     last: tuple[float, Any] | None = None
@@ -418,6 +419,7 @@ class EventCounter:
         current.count += 1
         if current.count == 1:
             current.first = (time.monotonic(), current.probe())
+            current.started.set()
         if current.count == current.expected:
             current.last = (time.monotonic(), current.probe())
             current.done.set()
@@ -428,7 +430,8 @@ class EventCounter:
         assert current is not None, "start_round first"
         async with asyncio.timeout(within):
             await current.done.wait()
-        assert current.first is not None and current.last is not None
+        assert current.first is not None
+        assert current.last is not None
         return current.first, current.last
 
     async def first_event(self, within: float) -> float:
@@ -436,8 +439,8 @@ class EventCounter:
         current = self._round
         assert current is not None, "start_round first"
         async with asyncio.timeout(within):
-            while current.first is None:
-                await asyncio.sleep(0.005)
+            await current.started.wait()
+        assert current.first is not None
         return current.first[0]
 
 

@@ -1,6 +1,7 @@
 """The baseline consumers `bench.throughput` compares the worker with, one per process.
 
-`python -m bench._variants a|b|c` consumes the `workspace.create` queue until SIGTERM/SIGINT:
+`python -m bench._variants a|b` (and `python -m bench._variant_faststream` for c) consume the
+`workspace.create` queue until SIGTERM/SIGINT:
 
 - a: raw aio-pika; per command: publish a persistent event with publisher confirms, then ack.
   No HTTP: the broker-only ceiling.
@@ -26,19 +27,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aio_pika
 import httpx
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
-if TYPE_CHECKING:
-    from faststream.message import StreamMessage
-
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
 EVENT_TYPE = "workspace.created"
 JSON = "application/json"
 READY_MARKER = "worker consuming"
+WORKSPACES = "/contextcapture/workspaces"
 
 Call = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -125,12 +124,13 @@ def http_client(config: Config) -> httpx.AsyncClient:
     )
 
 
-def create_workspace(http: httpx.AsyncClient, token: str) -> Call:
+async def create_workspace(http: httpx.AsyncClient, config: Config) -> Call:
     """The API call of one `workspace.create` command, with the worker's headers."""
+    token = await fetch_token(http, config)
     headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
 
     async def call() -> dict[str, Any]:
-        response = await http.post("/contextcapture/workspaces", json={"name": "w"}, headers=headers)
+        response = await http.post(WORKSPACES, json={"name": "w"}, headers=headers)
         response.raise_for_status()
         document: dict[str, Any] = response.json()["workspace"]
         return document
@@ -176,54 +176,6 @@ def _aio_pika_handler(
     return handle
 
 
-async def _raw_body(message: StreamMessage[Any]) -> bytes:
-    return message.body
-
-
-async def run_faststream(config: Config, call: Call, stop: asyncio.Event) -> None:
-    """Variant c: a bare FastStream subscriber, settings as the worker's, no pipeline."""
-    # Imported here so that variants a and b do not carry FastStream in their RSS.
-    from faststream import AckPolicy
-    from faststream.rabbit import (
-        Channel,
-        ExchangeType,
-        QueueType,
-        RabbitBroker,
-        RabbitExchange,
-        RabbitMessage,
-        RabbitQueue,
-    )
-
-    broker = RabbitBroker(
-        config.amqp_url, default_channel=Channel(prefetch_count=config.prefetch), logger=None
-    )
-    events = RabbitExchange(config.event_exchange, type=ExchangeType.TOPIC, declare=False)
-    queue = RabbitQueue(config.queue, queue_type=QueueType.QUORUM, declare=False)
-
-    @broker.subscriber(queue, ack_policy=AckPolicy.NACK_ON_ERROR, no_reply=True, decoder=_raw_body)
-    async def consume(body: bytes, message: RabbitMessage) -> None:
-        raw = message.raw_message
-        result = await call()
-        await broker.publish(
-            event_body(raw.message_id, raw.correlation_id, result),
-            exchange=events,
-            routing_key=EVENT_TYPE,
-            persist=True,
-            mandatory=False,
-            message_id=str(uuid.uuid4()),
-            correlation_id=raw.correlation_id or raw.message_id,
-            message_type=EVENT_TYPE,
-            content_type=JSON,
-        )
-
-    await broker.start()
-    print(READY_MARKER, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await broker.stop()
-
-
 async def main_async(variant: str) -> None:
     config = Config.from_environment()
     stop = asyncio.Event()
@@ -234,14 +186,13 @@ async def main_async(variant: str) -> None:
         await run_aio_pika(config, no_call, stop)
         return
     async with http_client(config) as http:
-        call = create_workspace(http, await fetch_token(http, config))
-        runner = run_aio_pika if variant == "b" else run_faststream
-        await runner(config, call, stop)
+        call = await create_workspace(http, config)
+        await run_aio_pika(config, call, stop)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench._variants", description=__doc__)
-    parser.add_argument("variant", choices=["a", "b", "c"])
+    parser.add_argument("variant", choices=["a", "b"])
     asyncio.run(main_async(parser.parse_args().variant))
     return 0
 

@@ -22,7 +22,7 @@ from service.commands import COMMANDS, CommandSpec
 from service.handlers import Delivery, DeliveryPolicy, Pipeline
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
-from service.outbox import BrokerOutbox
+from service.outbox import ROUTING_KEY_HEADER, BrokerOutbox
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
 from service.topology import Topology
@@ -53,15 +53,22 @@ async def _raw_body(message: StreamMessage[Any]) -> bytes:
 
 def delivery_from(message: RabbitMessage, queue: str) -> Delivery:
     raw = message.raw_message
+    headers = dict(raw.headers or {})
+    routing_key = raw.routing_key or ""
+    # Back from a delay queue through the default exchange, keyed by queue name; the
+    # command's own routing key travels in a header.
+    original = headers.get(ROUTING_KEY_HEADER)
+    if not raw.exchange and isinstance(original, bytes | str):
+        routing_key = original.decode(errors="replace") if isinstance(original, bytes) else original
     return Delivery(
         body=raw.body,
-        routing_key=raw.routing_key or "",
+        routing_key=routing_key,
         queue=queue,
         message_id=raw.message_id,
         correlation_id=raw.correlation_id,
         reply_to=raw.reply_to,
         content_type=raw.content_type,
-        headers=dict(raw.headers or {}),
+        headers=headers,
     )
 
 

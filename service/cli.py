@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+
 from service import contract, logs, simulator
 from service.app import Worker
+from service.dlq import DeadLetters
 from service.producer import BrokerUnreachable, Producer
 from service.settings import Settings, SettingsError, load_settings
 
@@ -70,6 +73,27 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
     except TimeoutError:
         print(f"error: no event within {args.timeout} s", file=sys.stderr)
         return 3
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    letters = DeadLetters(settings.amqp_url, settings.dead_letter_queue, settings.command_exchange)
+    try:
+        if args.dlq_action == "list":
+            found = await letters.entries()
+            for letter in found:
+                print(
+                    f"{letter.command_id}  {letter.routing_key:<20} {letter.error_code or '-':<18}"
+                    f" {letter.reason:<8} {letter.failed_at or '-'}  {letter.error_message}"
+                )
+            print(f"{len(found)} dead-lettered command(s)")
+        else:
+            replayed = await letters.replay(args.ids)
+            for letter in replayed:
+                print(f"replayed {letter.command_id} to {letter.routing_key}")
+            print(f"{len(replayed)} command(s) replayed")
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPConnectionError) as exc:
+        return _broker_unreachable(settings, exc)
+    return 0
 
 
 def _free_port() -> int:
@@ -194,6 +218,11 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--message-id", help="command id (default: a new UUID)")
     send.add_argument("--correlation-id", help="correlation id (default: the command id)")
     commands.add_parser("demo", help="simulator + worker + one command of each kind")
+    dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
+    dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True)
+    dlq_actions.add_parser("list", help="show each dead-lettered command and why")
+    replay = dlq_actions.add_parser("replay", help="send dead-lettered commands back")
+    replay.add_argument("--id", action="append", dest="ids", help="only this command id")
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of the contract")
     schemas.add_argument("directory", nargs="?", default="schemas", type=Path)
     return parser
@@ -211,7 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schemas":
         contract.write(args.directory)
         return 0
-    runners = {"run": _run, "simulator": _simulator, "send": _send, "demo": _demo}
+    runners = {
+        "run": _run,
+        "simulator": _simulator,
+        "send": _send,
+        "demo": _demo,
+        "dlq": _dlq,
+    }
     try:
         return asyncio.run(runners[args.command](settings, args))
     except SettingsError as exc:

@@ -1,4 +1,5 @@
-"""The machine-readable contract in `schemas/`: one JSON Schema per command and per event.
+"""The machine-readable contract in `schemas/`: one JSON Schema per command and per event, and
+the AsyncAPI document of every channel and message (`asyncapi.json`, see `service.asyncapi`).
 
 Generated from the models, so the files cannot say anything the worker does not do; a test
 fails when the committed files drift from what this module produces.
@@ -15,6 +16,7 @@ from service.events import FailureEvent, SuccessEvent, _Event
 from service.handlers import UNKNOWN_COMMAND_EVENT
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+ASYNCAPI = "asyncapi.json"
 
 
 def _event_schema(model: type[_Event], event_type: str, description: str) -> dict[str, Any]:
@@ -53,8 +55,15 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=False) + "\n"
 
 
+def _documents() -> dict[str, dict[str, Any]]:
+    # service.asyncapi builds on schemas() above, so it is imported here, not at the top.
+    from service import asyncapi  # noqa: PLC0415
+
+    return {**schemas(), ASYNCAPI: asyncapi.document()}
+
+
 def write(directory: Path) -> None:
-    for relative, document in schemas().items():
+    for relative, document in _documents().items():
         path = directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(document))
@@ -62,9 +71,10 @@ def write(directory: Path) -> None:
 
 def drift(directory: Path) -> list[str]:
     """Files in `directory` that differ from, lack or outlive the generated contract."""
-    expected = {relative: render(document) for relative, document in schemas().items()}
+    expected = {relative: render(document) for relative, document in _documents().items()}
     present = {
-        str(path.relative_to(directory)): path.read_text() for path in directory.glob("*/*.json")
+        str(path.relative_to(directory)): path.read_text()
+        for path in [*directory.glob("*/*.json"), *directory.glob(ASYNCAPI)]
     }
     return sorted(
         name for name in expected.keys() | present.keys() if expected.get(name) != present.get(name)

@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -116,22 +116,32 @@ class Pipeline:
 
     async def handle(self, spec: CommandSpec | None, delivery: Delivery) -> None:
         started = time.perf_counter()
+        deduplicate = bool(delivery.message_id)
+        # From here on the ids are settled: a made-up id stays the same through delays.
         command_id = delivery.message_id or str(uuid.uuid4())
+        delivery = replace(
+            delivery, message_id=command_id, correlation_id=delivery.correlation_id or command_id
+        )
         structlog.contextvars.bind_contextvars(
             command_id=command_id,
-            correlation_id=delivery.correlation_id or command_id,
+            correlation_id=delivery.correlation_id,
             routing_key=delivery.routing_key,
         )
         try:
-            await self._handle(spec, delivery, command_id, started)
+            await self._handle(spec, delivery, command_id, deduplicate, started)
         finally:
             structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "routing_key")
 
     async def _handle(
-        self, spec: CommandSpec | None, delivery: Delivery, command_id: str, started: float
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        command_id: str,
+        deduplicate: bool,
+        started: float,
     ) -> None:
         token = None
-        if delivery.message_id:
+        if deduplicate:
             claim = await self._claim(command_id, fresh=bool(delivery.headers.get(REPLAY_HEADER)))
             if isinstance(claim, Recorded):
                 await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)

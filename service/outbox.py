@@ -58,7 +58,9 @@ class BrokerOutbox:
     async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None:
         """Park the command in the delay queue; it expires back into its work queue."""
         exchange, _ = self._topology.delays[seconds]
-        await self._republish(delivery, exchange, delivery.queue, {DELAYED_ATTEMPT_HEADER: attempt})
+        # It comes back through the default exchange, keyed by queue: keep the original key.
+        headers = {DELAYED_ATTEMPT_HEADER: attempt, ROUTING_KEY_HEADER: delivery.routing_key}
+        await self._republish(delivery, exchange, delivery.queue, headers)
 
     async def dead_letter(
         self, delivery: Delivery, event: EncodedEvent, reason: WorkerError
@@ -70,14 +72,7 @@ class BrokerOutbox:
             EVENT_ID_HEADER: event.event_id,
             FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
         }
-        await self._republish(
-            delivery,
-            None,
-            self._topology.dead_letter_queue.name,
-            headers,
-            message_id=event.command_id,
-            correlation_id=event.correlation_id,
-        )
+        await self._republish(delivery, None, self._topology.dead_letter_queue.name, headers)
 
     async def _republish(
         self,
@@ -85,9 +80,6 @@ class BrokerOutbox:
         exchange: RabbitExchange | None,
         routing_key: str,
         headers: dict[str, Any],
-        *,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
     ) -> None:
         """The command again, body and properties as received, plus `headers`."""
         kept = {
@@ -101,8 +93,8 @@ class BrokerOutbox:
             routing_key=routing_key,
             persist=True,
             mandatory=False,
-            message_id=message_id or delivery.message_id,
-            correlation_id=correlation_id or delivery.correlation_id,
+            message_id=delivery.message_id,
+            correlation_id=delivery.correlation_id,
             reply_to=delivery.reply_to,
             content_type=delivery.content_type,
             headers={**kept, **headers},

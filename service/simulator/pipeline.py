@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from .errors import (
     HEADER_ACCEPT_NOT_FOUND,
@@ -41,24 +40,13 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 _INJECTED_ERRORS = {500: INTERNAL_SERVER_ERROR, 503: SERVICE_UNAVAILABLE}
 
 
-class _Abandoned(Response):
-    """No answer at all: the client hung up while its request was hanging."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        return None
-
-
 def api_endpoint(state: SimulatorState, handler: Handler, throttled: ErrorBody) -> Endpoint:
     """Wrap `handler` in the common pipeline; `throttled` is its page's 429 wording."""
 
     async def endpoint(request: Request) -> Response:
         try:
             _throttle(state, request, throttled)
-            if not await _inject_faults(state, request):
-                return _Abandoned()
+            await _inject_faults(state, request)
             client_id = _authenticate(state, request)
             _check_accept(request)
             return await handler(state, request, client_id)
@@ -98,41 +86,36 @@ def _throttle(state: SimulatorState, request: Request, throttled: ErrorBody) -> 
         raise ApiError(429, throttled, headers=rate_limit_headers(retry_after))
 
 
-async def _inject_faults(state: SimulatorState, request: Request) -> bool:
-    """Apply latency, hangs and random errors; False when the client gave up meanwhile."""
+async def _inject_faults(state: SimulatorState, request: Request) -> None:
+    """Apply latency, hangs and random errors."""
     config = state.config
     delay_ms = config.latency_ms + (random.uniform(0, config.jitter_ms) if config.jitter_ms else 0)
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000)
-    hangs = config.hang_rate and random.random() < config.hang_rate
-    if hangs and not await _hang(state, request, config.hang_seconds):
-        return False
+    if config.hang_rate and random.random() < config.hang_rate:
+        # Read the body now: once the client has given up it can no longer be read.
+        await request.body()
+        await _hang(state, config.hang_seconds)
     if config.error_rate and random.random() < config.error_rate:
         status = random.choice(config.error_statuses)
         raise ApiError(status, _INJECTED_ERRORS[status])
-    return True
 
 
-async def _hang(state: SimulatorState, request: Request, seconds: float) -> bool:
-    """Sit on the request for `seconds`; False if the client hangs up first.
+async def _hang(state: SimulatorState, seconds: float) -> None:
+    """Sit on the request for `seconds`, then let it take effect even if the client has gone.
 
+    That is what makes a lost answer dangerous: the effect happened, the client cannot know.
     Shutdown ends the hang with a 503: otherwise one hung request would hold the server open
     for up to `hang_seconds`.
     """
-    # With the body read, the next receive() can only report the client going away.
-    await request.body()
-    elapsed = asyncio.ensure_future(asyncio.sleep(seconds))
-    gone = asyncio.ensure_future(request.receive())
     closing = asyncio.ensure_future(state.closing.wait())
-    waits = (elapsed, gone, closing)
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait_for(asyncio.shield(closing), seconds)
+    except TimeoutError:
+        return
     finally:
-        for wait in waits:
-            wait.cancel()
-    if closing.done() and not closing.cancelled():
-        raise ApiError(503, SHUTTING_DOWN)
-    return elapsed.done() and not elapsed.cancelled()
+        closing.cancel()
+    raise ApiError(503, SHUTTING_DOWN)
 
 
 def _authenticate(state: SimulatorState, request: Request) -> str:

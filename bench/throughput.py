@@ -1,0 +1,435 @@
+"""How fast the worker drains a backlog, next to three baselines, on one broker and one stub.
+
+`python -m bench.throughput [--commands 5000] [--repeat 3] [--latency-ms 0,50]
+[--variants a,b,c,d] [--prefetch 32] [--quick] [--memory]`
+
+Variants, each a fresh process consuming the same durable quorum queue (declared as the worker
+declares it) with the same prefetch, publishing one persistent event with publisher confirms to
+the `itwin.events` topic exchange, then acking:
+
+- a: raw aio-pika, no HTTP: the broker-only ceiling (latency-independent, so measured once per
+  repetition and shown in every latency's rows).
+- b: raw aio-pika + plain httpx POST /contextcapture/workspaces to the simulator.
+- c: a bare FastStream subscriber + plain httpx.
+- d: `itwin-worker run` with everything on: validation, limiter in Redis (set not to bind:
+  100 000/s, burst 1 000), JSON logs at INFO to a file, confirmed events.
+
+Per run: the simulator is reset and given the latency, the backlog is published (not timed),
+then the consumer process is started. An observer queue bound to `itwin.events` sees every event.
+
+Figures:
+- cmd/s: (N - 1) / (time of the Nth event - time of the first event), as the observer sees them:
+  the drain rate, excluding the process's start-up. Median over the repetitions.
+- CPU s per 1 000 commands of each process (consumer, simulator, broker, Redis, and this bench
+  process, which publishes nothing while measuring but runs the observer), from
+  /proc/<pid>/stat utime + stime read at the first and the Nth event. Median.
+- first event: seconds from spawning the consumer to the first event the observer sees
+  (includes interpreter start-up, imports, connecting, declaring). ready: to its log line
+  `worker consuming`.
+- peak RSS: VmHWM of the consumer at the end of the run (MiB).
+- ratios d/c, d/b, d/a of the median rates, per latency.
+
+`--memory` instead drains a 10 000-command backlog with the worker alone and samples its VmRSS
+every 100 ms: RSS at ready, steady state (median of the samples taken after 20 % of the backlog),
+at the end, VmHWM, and the time to ready (must be under 2 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench._common import (
+    REDIS_URL,
+    ChildProcess,
+    EventCounter,
+    Simulator,
+    bench_redis_prefix,
+    bench_vhost,
+    broker_pid,
+    clean_environment,
+    cpu_seconds,
+    declare_topology,
+    progress,
+    publish_backlog,
+    queue_depth,
+    redis_pid,
+    spawn_worker,
+    status_mib,
+    terminate_on_sigterm,
+    worker_settings,
+)
+from bench._variants import Config
+from service.producer import Producer
+from service.settings import Settings
+
+VARIANTS = ("a", "b", "c", "d")
+DESCRIPTION = {
+    "a": "aio-pika, no HTTP (broker ceiling)",
+    "b": "aio-pika + httpx",
+    "c": "FastStream + httpx",
+    "d": "itwin-worker, all features",
+}
+READY_LIMIT_SECONDS = 2.0
+RSS_SAMPLE_SECONDS = 0.1
+PROCESSES = ("consumer", "simulator", "broker", "redis", "bench")
+
+
+@dataclass(frozen=True)
+class Options:
+    commands: int
+    repeat: int
+    latencies: tuple[float, ...]
+    variants: tuple[str, ...]
+    prefetch: int
+    memory: bool
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One drain of one backlog by one consumer process."""
+
+    variant: str
+    latency_ms: float
+    commands: int
+    rate: float
+    """Commands per second between the first and the last event."""
+    cpu_per_1000: dict[str, float]
+    """CPU seconds per 1 000 commands, by process, over the same window."""
+    ready_s: float
+    """Spawn to the `worker consuming` log line."""
+    first_event_s: float
+    """Spawn to the first event seen by the observer."""
+    peak_rss_mib: float
+    rss_samples: list[tuple[int, float]] = field(repr=False)
+    """(events seen so far, VmRSS MiB), every 100 ms while draining."""
+    ready_rss_mib: float
+
+
+@dataclass
+class Bench:
+    """Everything one benchmark run shares: vhost, simulator, Redis prefix, observer."""
+
+    options: Options
+    amqp_url: str
+    workdir: Path
+    simulator: Simulator
+    redis_prefix: str
+    producer: Producer
+    counter: EventCounter
+    queue: str
+    pids: dict[str, int | None]
+    runs: int = 0
+
+    def worker_settings(self) -> Settings:
+        """Variant d: limiter in Redis that does not bind, JSON logs, the bench's prefetch."""
+        return worker_settings(
+            self.amqp_url,
+            self.simulator,
+            rate_limit_per_second=100_000.0,
+            rate_limit_burst=1000,
+            redis_url=REDIS_URL,
+            redis_prefix=self.redis_prefix,
+            prefetch=self.options.prefetch,
+        )
+
+    def spawn(self, variant: str) -> ChildProcess:
+        self.runs += 1
+        log = self.workdir / f"run-{self.runs:03d}-{variant}.log"
+        if variant == "d":
+            return spawn_worker(self.worker_settings(), log)
+        config = Config(
+            amqp_url=self.amqp_url,
+            queue=self.queue,
+            event_exchange="itwin.events",
+            prefetch=self.options.prefetch,
+            api_url=self.simulator.base_url,
+            token_url=self.simulator.token_url,
+            client_id=self.simulator.client_id,
+            client_secret=self.simulator.client_secret,
+        )
+        module = (
+            ["-m", "bench._variant_faststream"] if variant == "c" else ["-m", "bench._variants"]
+        )
+        argv = [sys.executable, *module, *([variant] if variant != "c" else [])]
+        return ChildProcess(argv, clean_environment() | config.environment(), log)
+
+    def cpu_snapshot(self, consumer: int) -> dict[str, float]:
+        return {
+            name: cpu_seconds(pid) for name, pid in (self.pids | {"consumer": consumer}).items()
+        }
+
+    async def measure(self, variant: str, latency_ms: float) -> Measurement:
+        """Publish the backlog, start the consumer, wait for every event, stop the consumer."""
+        count = self.options.commands
+        self.simulator.reset(latency_ms)
+        await publish_backlog(self.producer, count)
+        child = self.spawn(variant)
+        self.counter.start_round(count, lambda: self.cpu_snapshot(child.pid))
+        samples: list[tuple[int, float]] = []
+        sampler = asyncio.create_task(self._sample_rss(child.pid, samples))
+        try:
+            ready_s = await child.ready()
+            ready_rss = status_mib(child.pid, "VmRSS")
+            first_at = await self.counter.first_event(within=30.0)
+            (t0, cpu0), (t1, cpu1) = await self.counter.finish_round(within=60.0 + count / 20)
+            peak = status_mib(child.pid, "VmHWM")
+        except TimeoutError:
+            tail = "\n".join(child.log().splitlines()[-20:])
+            raise RuntimeError(
+                f"{variant}: {self.counter.count} of {count} events in time; its log ends:\n{tail}"
+            ) from None
+        finally:
+            sampler.cancel()
+            child.stop()
+        return Measurement(
+            variant=variant,
+            latency_ms=latency_ms,
+            commands=count,
+            rate=(count - 1) / (t1 - t0),
+            cpu_per_1000={k: (cpu1[k] - cpu0[k]) * 1000 / (count - 1) for k in cpu0},
+            ready_s=ready_s,
+            first_event_s=first_at - child.started,
+            peak_rss_mib=peak,
+            rss_samples=samples,
+            ready_rss_mib=ready_rss,
+        )
+
+    async def _sample_rss(self, pid: int, samples: list[tuple[int, float]]) -> None:
+        for _ in range(100_000):
+            samples.append((self.counter.count, status_mib(pid, "VmRSS")))
+            await asyncio.sleep(RSS_SAMPLE_SECONDS)
+
+    async def check_drained(self) -> None:
+        left = await queue_depth(self.amqp_url, self.queue)
+        if left:
+            raise RuntimeError(f"{left} commands left in {self.queue} after a run")
+
+
+@asynccontextmanager
+async def open_bench(options: Options, amqp_url: str, workdir: Path) -> AsyncIterator[Bench]:
+    """Simulator process, Redis prefix, topology, producer and observer, all torn down after."""
+    async with AsyncExitStack() as stack:
+        simulator = stack.enter_context(Simulator(workdir))
+        prefix, redis = await stack.enter_async_context(bench_redis_prefix())
+        settings = worker_settings(amqp_url, simulator)
+        queue = await declare_topology(settings)
+        producer = await stack.enter_async_context(Producer(amqp_url, settings.command_exchange))
+        counter = await stack.enter_async_context(EventCounter(amqp_url, settings.event_exchange))
+        pids = {
+            "simulator": simulator.pid,
+            "broker": broker_pid(),
+            "redis": await redis_pid(redis),
+            "bench": os.getpid(),
+        }
+        yield Bench(options, amqp_url, workdir, simulator, prefix, producer, counter, queue, pids)
+
+
+# --- the comparison -------------------------------------------------------------------------
+
+
+async def run_comparison(bench: Bench) -> list[Measurement]:
+    """Every variant at every latency, repetitions interleaved so drift hits all alike."""
+    options = bench.options
+    results: list[Measurement] = []
+    for repetition in range(1, options.repeat + 1):
+        for latency in options.latencies:
+            for variant in options.variants:
+                if variant == "a" and latency != options.latencies[0]:
+                    continue
+                progress(f"run {repetition}/{options.repeat}: {variant} at {latency:g} ms ...")
+                result = await bench.measure(variant, latency)
+                await bench.check_drained()
+                progress(
+                    f"  {result.rate:8.0f} cmd/s, consumer CPU "
+                    f"{result.cpu_per_1000['consumer']:.2f} s/1000, "
+                    f"first event after {result.first_event_s:.2f} s"
+                )
+                results.append(result)
+    return results
+
+
+def median_of(results: Sequence[Measurement], variant: str, latency: float) -> Measurement | None:
+    """A synthetic measurement holding the medians of the matching runs (a: any latency)."""
+    runs = [
+        r for r in results if r.variant == variant and (variant == "a" or r.latency_ms == latency)
+    ]
+    if not runs:
+        return None
+
+    def med(values: Sequence[float]) -> float:
+        return statistics.median(values)
+
+    return Measurement(
+        variant=variant,
+        latency_ms=latency,
+        commands=runs[0].commands,
+        rate=med([r.rate for r in runs]),
+        cpu_per_1000={k: med([r.cpu_per_1000[k] for r in runs]) for k in runs[0].cpu_per_1000},
+        ready_s=med([r.ready_s for r in runs]),
+        first_event_s=med([r.first_event_s for r in runs]),
+        peak_rss_mib=med([r.peak_rss_mib for r in runs]),
+        rss_samples=[],
+        ready_rss_mib=med([r.ready_rss_mib for r in runs]),
+    )
+
+
+def print_comparison(options: Options, results: Sequence[Measurement]) -> None:
+    print(
+        f"\nthroughput: {options.commands} workspace.create commands per run, "
+        f"prefetch {options.prefetch}, median of {options.repeat} run(s)"
+    )
+    print("cmd/s = (N-1) / (last event - first event) as seen by an observer on itwin.events")
+    print("CPU = CPU seconds per 1000 commands over that window, per process\n")
+    header = (
+        f"{'API':>6} {'variant':<36} {'cmd/s':>7}  {'CPU: consumer':>13} {'sim':>6} "
+        f"{'broker':>6} {'redis':>6} {'bench':>6}  {'1st event':>9} {'peak RSS':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for latency in options.latencies:
+        medians = {v: median_of(results, v, latency) for v in options.variants}
+        for variant, m in medians.items():
+            if m is not None:
+                print(_row(latency, variant, m))
+        print(_ratios(medians))
+    _print_ready(options, results)
+
+
+def _row(latency: float, variant: str, m: Measurement) -> str:
+    cpu = m.cpu_per_1000
+    label = f"{variant}: {DESCRIPTION[variant]}"
+    return (
+        f"{latency:>4g}ms {label:<36} {m.rate:>7.0f}  {cpu['consumer']:>13.2f} "
+        f"{cpu['simulator']:>6.2f} {cpu['broker']:>6.2f} {cpu['redis']:>6.2f} "
+        f"{cpu['bench']:>6.2f}  {m.first_event_s:>8.2f}s {m.peak_rss_mib:>6.0f}MiB"
+    )
+
+
+def _ratios(medians: dict[str, Measurement | None]) -> str:
+    d = medians.get("d")
+    if d is None:
+        return ""
+    parts = [
+        f"d/{v} = {d.rate / m.rate:.2f}"
+        for v in ("c", "b", "a")
+        if (m := medians.get(v)) is not None
+    ]
+    return f"{'':>6} ratios: " + ", ".join(parts) + "\n"
+
+
+def _print_ready(options: Options, results: Sequence[Measurement]) -> None:
+    runs = [r for r in results if r.variant == "d"]
+    if not runs:
+        return
+    worst_ready = max(r.ready_s for r in runs)
+    worst_first = max(r.first_event_s for r in runs)
+    verdict = "yes" if worst_first <= READY_LIMIT_SECONDS else "NO"
+    print(
+        f"worker start (d, worst of {len(runs)} runs): 'worker consuming' after "
+        f"{worst_ready:.2f} s, first event after {worst_first:.2f} s; "
+        f"ready within {READY_LIMIT_SECONDS:g} s: {verdict}"
+    )
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+async def run_memory(bench: Bench) -> list[Measurement]:
+    results = []
+    for latency in bench.options.latencies:
+        progress(f"memory: worker draining {bench.options.commands} commands at {latency:g} ms")
+        result = await bench.measure("d", latency)
+        await bench.check_drained()
+        results.append(result)
+    return results
+
+
+def print_memory(options: Options, results: Sequence[Measurement]) -> None:
+    print(
+        f"\nmemory: itwin-worker draining a {options.commands}-command backlog, "
+        f"prefetch {options.prefetch}; VmRSS sampled every {RSS_SAMPLE_SECONDS * 1000:g} ms"
+    )
+    print("steady = median of the samples after 20 % of the backlog; growth = end - first of them")
+    header = (
+        f"{'API':>6} {'cmd/s':>7} {'ready':>7} {'1st event':>9} {'RSS@ready':>10} "
+        f"{'steady':>8} {'end':>8} {'growth':>8} {'VmHWM':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for m in results:
+        steady = [rss for seen, rss in m.rss_samples if seen >= m.commands // 5] or [0.0]
+        print(
+            f"{m.latency_ms:>4g}ms {m.rate:>7.0f} {m.ready_s:>6.2f}s {m.first_event_s:>8.2f}s "
+            f"{m.ready_rss_mib:>7.1f}MiB {statistics.median(steady):>5.1f}MiB "
+            f"{steady[-1]:>5.1f}MiB {steady[-1] - steady[0]:>+5.1f}MiB {m.peak_rss_mib:>5.1f}MiB"
+        )
+    worst = max(m.first_event_s for m in results)
+    verdict = "yes" if worst <= READY_LIMIT_SECONDS else "NO"
+    print(f"ready to consume within {READY_LIMIT_SECONDS:g} s of start: {verdict}")
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--commands", type=int, help="backlog per run (5000; --memory: 10000)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions, median taken (3)")
+    parser.add_argument("--latency-ms", default="0,50", help="API latencies, comma-separated")
+    parser.add_argument("--variants", default="a,b,c,d", help="subset of a,b,c,d")
+    parser.add_argument("--prefetch", type=int, default=32, help="prefetch of every variant (32)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1000 commands, 1 run")
+    parser.add_argument("--memory", action="store_true", help="worker RSS with a 10k backlog")
+    args = parser.parse_args(argv)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if not variants or not set(variants) <= set(VARIANTS):
+        parser.error("--variants: a comma-separated subset of a,b,c,d")
+    default_commands = 1000 if args.quick else 10_000 if args.memory else 5000
+    commands = args.commands or default_commands
+    if commands < 2 or args.repeat < 1 or args.prefetch < 1:
+        parser.error("--commands must be at least 2, --repeat and --prefetch at least 1")
+    return Options(
+        commands=commands,
+        repeat=1 if args.quick else args.repeat,
+        latencies=tuple(float(x) for x in args.latency_ms.split(",") if x.strip()),
+        variants=tuple(sorted(variants)),
+        prefetch=args.prefetch,
+        memory=args.memory,
+    )
+
+
+async def main_async(options: Options) -> None:
+    with bench_vhost() as amqp_url, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        async with open_bench(options, amqp_url, Path(tmp)) as bench:
+            if options.memory:
+                print_memory(options, await run_memory(bench))
+            else:
+                print_comparison(options, await run_comparison(bench))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(argv)
+    terminate_on_sigterm()
+    try:
+        asyncio.run(main_async(options))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Issue 5 acceptance: no command lost, no recorded outcome repeated, through faults.
+
+Real RabbitMQ and Redis; worker processes are killed, stopped and restarted for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import subprocess
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import aio_pika
+import pytest
+
+from service.dlq import DeadLetters
+from service.producer import Producer
+from service.simulator import SimulatorHandle
+from tests.integration.conftest import (
+    REDIS_URL,
+    SpawnWorkers,
+    StartWorker,
+    WorkerProcess,
+    drain_queue,
+    worker_settings,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def body(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+def shared_redis(redis_prefix: str) -> dict[str, Any]:
+    return {"redis_url": REDIS_URL, "redis_prefix": f"{redis_prefix}:{uuid.uuid4().hex}"}
+
+
+async def test_resent_commands_get_their_recorded_events_and_no_api_call(
+    amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker, redis_prefix: str
+) -> None:
+    await start_worker(**shared_redis(redis_prefix))
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+    async with Producer(amqp_url, "itwin.commands") as first:
+        for command_id in ids:
+            await first.publish("workspace.create", body({"name": "w"}), message_id=command_id)
+        async with asyncio.timeout(30):
+            originals = [await first.event_for(command_id) for command_id in ids]
+    assert len(sim.requests(kind="api")) == 100
+    sim.clear_requests()
+    async with Producer(amqp_url, "itwin.commands") as again:
+        for command_id in ids:
+            await again.publish("workspace.create", body({"name": "w"}), message_id=command_id)
+        async with asyncio.timeout(30):
+            repeats = [await again.event_for(command_id) for command_id in ids]
+    assert repeats == originals, "identical events, event ids included"
+    assert sim.requests(kind="api") == []
+
+
+async def test_delayed_redelivery_then_dead_letter_then_replay(
+    amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker, redis_prefix: str
+) -> None:
+    await start_worker(retry_delays=[0.5, 1.0], retry_attempts=2, **shared_redis(redis_prefix))
+    sim.configure(error_rate=1.0, error_statuses=[503])
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        command_id = await producer.publish("workspace.create", body({"name": "w"}))
+        async with asyncio.timeout(30):
+            failed = await producer.event_for(command_id)
+        assert (failed["error"]["code"], failed["error"]["retriable"]) == ("RetriesExhausted", True)
+        assert len(sim.requests(kind="api")) == 6, "2 attempts, then 2 more after each delay"
+        assert len(producer.events) == 1, "no event while delayed attempts remain"
+
+        sim.configure(error_rate=0.0)
+        letters = DeadLetters(amqp_url, "itwin-worker.dlq", "itwin.commands")
+        assert command_id in {letter.command_id for letter in await letters.entries()}
+        replayed = await letters.replay([command_id])
+        assert [letter.command_id for letter in replayed] == [command_id]
+        async with asyncio.timeout(30):
+            while len(producer.events) < 2:
+                await asyncio.sleep(0.05)
+    recovered = producer.events[1]
+    assert (recovered["type"], recovered["commandId"]) == ("workspace.created", command_id)
+    assert command_id not in {m.message_id for m in await drain_queue(amqp_url, "itwin-worker.dlq")}
+
+
+async def test_replay_repeats_a_recorded_outcome_unknown(
+    amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker, redis_prefix: str
+) -> None:
+    await start_worker(api_read_timeout_seconds=0.3, **shared_redis(redis_prefix))
+    sim.configure(hang_rate=1.0, hang_seconds=1.0)
+    document = {"displayName": "Bentley", "version": "1"}
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        command_id = await producer.publish("application.create", body(document))
+        async with asyncio.timeout(20):
+            unknown = await producer.event_for(command_id)
+        assert unknown["error"]["code"] == "OutcomeUnknown"
+        sim.configure(hang_rate=0.0)
+        async with asyncio.timeout(10):  # the hung POST did take effect, a little later
+            while sim.requests(kind="api")[0].status is None:
+                await asyncio.sleep(0.05)
+        # Sent again by a producer: the recorded outcome, no second POST.
+        await producer.publish("application.create", body(document), message_id=command_id)
+        # Replayed by an operator who checked the API: tried again.
+        await DeadLetters(amqp_url, "itwin-worker.dlq", "itwin.commands").replay([command_id])
+        async with asyncio.timeout(20):
+            while len(producer.events) < 3:
+                await asyncio.sleep(0.05)
+    assert producer.events[1] == unknown
+    # The simulator did process the hung POST, so the operator's replay meets a 409.
+    assert producer.events[2]["error"]["code"] == "ApplicationExists"
+    assert len(sim.requests(kind="api")) == 2
+
+
+async def test_sigterm_finishes_commands_in_flight(
+    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers
+) -> None:
+    [worker] = await spawn_workers(1, prefetch=64, shutdown_grace_seconds=10.0)
+    sim.configure(latency_ms=2000)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        ids = [await producer.publish("workspace.create", body({"name": "w"})) for _ in range(50)]
+        async with asyncio.timeout(10):
+            while len(sim.requests(kind="api")) < 50:
+                await asyncio.sleep(0.05)
+        worker.process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(worker.process.wait, 20)
+        async with asyncio.timeout(5):
+            events = [await producer.event_for(command_id) for command_id in ids]
+    assert exit_code == 0
+    assert {event["type"] for event in events} == {"workspace.created"}
+
+
+async def test_kill_nine_five_times_loses_nothing_and_repeats_little(
+    amqp_url: str, sim: SimulatorHandle, tmp_path: Any, redis_prefix: str
+) -> None:
+    commands, kills, prefetch = 2000, 5, 32
+    settings = worker_settings(
+        amqp_url, sim, log_format="json", prefetch=prefetch, **shared_redis(redis_prefix)
+    )
+    sim.configure(latency_ms=2, jitter_ms=4)
+    rng = random.Random(5)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        ids = [
+            await producer.publish("workspace.create", body({"name": f"w{i}"}))
+            for i in range(commands)
+        ]
+        for kill in range(kills):
+            worker = WorkerProcess(settings, tmp_path / f"worker-{kill}.log")
+            await worker.ready()
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            worker.process.kill()
+            await asyncio.to_thread(worker.process.wait)
+            worker.stop()
+        final = WorkerProcess(settings, tmp_path / "worker-final.log")
+        try:
+            async with asyncio.timeout(120):
+                for command_id in ids:
+                    await producer.event_for(command_id)
+            await asyncio.sleep(1.0)
+        finally:
+            assert final.stop() == 0
+    by_command: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in producer.events:
+        by_command[event["commandId"]].append(event)
+    assert set(by_command) == set(ids), "every command ended with its event"
+    for events in by_command.values():
+        assert all(event == events[0] for event in events), "duplicates are identical"
+        assert events[0]["type"] == "workspace.created"
+    api_calls = len(sim.requests(kind="api"))
+    assert commands <= api_calls <= commands + kills * prefetch
+
+
+async def test_broker_restart_mid_load_loses_nothing(
+    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_prefix: str
+) -> None:
+    commands = 600
+    await spawn_workers(1, **shared_redis(redis_prefix))
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        sink = await channel.declare_queue(
+            "test.events", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await sink.bind("itwin.events", routing_key="#")
+    sim.configure(latency_ms=20)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        ids = [
+            await producer.publish("workspace.create", body({"name": "w"}), reply=False)
+            for _ in range(commands)
+        ]
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(_rabbitmqctl, "stop_app")
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(_rabbitmqctl, "start_app")
+    seen: set[str] = set()
+    async with asyncio.timeout(120):
+        while not set(ids) <= seen:
+            try:
+                messages = await drain_queue(amqp_url, "test.events", quiet=1.0)
+            except (ConnectionError, aio_pika.exceptions.AMQPError):
+                await asyncio.sleep(0.5)
+                continue
+            seen |= {json.loads(m.body)["commandId"] for m in messages}
+    assert set(ids) <= seen
+
+
+def _rabbitmqctl(action: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", action], check=True, capture_output=True, timeout=120)
