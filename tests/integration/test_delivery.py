@@ -142,14 +142,17 @@ async def test_kill_nine_five_times_loses_nothing_and_repeats_little(
     )
     sim.configure(latency_ms=2, jitter_ms=4)
     rng = random.Random(5)
+    worker = WorkerProcess(settings, tmp_path / "worker-0.log")
+    await worker.ready()
     async with Producer(amqp_url, "itwin.commands") as producer:
         ids = [
             await producer.publish("workspace.create", body({"name": f"w{i}"}))
             for i in range(commands)
         ]
         for kill in range(kills):
-            worker = WorkerProcess(settings, tmp_path / f"worker-{kill}.log")
-            await worker.ready()
+            if kill:
+                worker = WorkerProcess(settings, tmp_path / f"worker-{kill}.log")
+                await worker.ready()
             await asyncio.sleep(rng.uniform(0.3, 1.5))
             worker.process.kill()
             await asyncio.to_thread(worker.process.wait)
