@@ -1,0 +1,162 @@
+"""The pipeline's decisions with small hand-written fakes: no broker, no HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from service.api import ApiResponse
+from service.commands import BY_ROUTING_KEY, ApiRequest
+from service.errors import ApiError, RetriesExhausted, WorkerError
+from service.events import EncodedEvent
+from service.handlers import (
+    DELAYED_ATTEMPT_HEADER,
+    DELIVERY_COUNT_HEADER,
+    Delivery,
+    DeliveryPolicy,
+    Pipeline,
+)
+from service.idempotency import MemoryOutcomes
+
+WORKSPACE = {"id": "w1", "name": "w", "createdDateTime": "2026-01-01T00:00:00Z"}
+
+
+class FakeApi:
+    def __init__(self, *answers: ApiResponse | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[ApiRequest] = []
+
+    async def send(self, request: ApiRequest) -> ApiResponse:
+        self.requests.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.published: list[dict[str, Any]] = []
+        self.dead: list[str] = []
+        self.delayed: list[tuple[int, float]] = []
+
+    async def publish(self, event: EncodedEvent, reply_to: str | None) -> None:
+        self.published.append(json.loads(event.body))
+
+    async def dead_letter(
+        self, delivery: Delivery, event: EncodedEvent, reason: WorkerError
+    ) -> None:
+        self.dead.append(reason.code)
+
+    async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None:
+        self.delayed.append((attempt, seconds))
+
+
+def created() -> ApiResponse:
+    return ApiResponse(201, {"workspace": WORKSPACE}, 1)
+
+
+def delivery(message_id: str | None = "c1", headers: dict[str, Any] | None = None) -> Delivery:
+    return Delivery(
+        body=b'{"name": "w"}',
+        routing_key="workspace.create",
+        message_id=message_id,
+        headers=headers,
+    )
+
+
+def pipeline(api: FakeApi, outbox: FakeOutbox, **policy: Any) -> Pipeline:
+    return Pipeline(
+        api,
+        outbox,
+        MemoryOutcomes(ttl=60, lease=5),
+        DeliveryPolicy(**{"retry_delays": (), **policy}),
+    )
+
+
+SPEC = BY_ROUTING_KEY["workspace.create"]
+
+
+async def test_success_is_published_and_a_resend_is_answered_from_the_record() -> None:
+    api, outbox = FakeApi(created()), FakeOutbox()
+    worker = pipeline(api, outbox)
+    await worker.handle(SPEC, delivery())
+    await worker.handle(SPEC, delivery())
+    assert len(api.requests) == 1
+    assert outbox.published[0] == outbox.published[1]
+    assert outbox.published[0]["result"] == WORKSPACE
+
+
+async def test_commands_without_an_id_are_never_deduplicated() -> None:
+    api, outbox = FakeApi(created(), created()), FakeOutbox()
+    worker = pipeline(api, outbox)
+    await worker.handle(SPEC, delivery(message_id=None))
+    await worker.handle(SPEC, delivery(message_id=None))
+    assert len(api.requests) == 2
+    assert outbox.published[0]["commandId"] != outbox.published[1]["commandId"]
+
+
+async def test_a_refusal_is_recorded_and_not_dead_lettered() -> None:
+    refusal = ApiError("gone", status=404, code="WorkspaceNotFound")
+    api, outbox = FakeApi(refusal), FakeOutbox()
+    worker = pipeline(api, outbox)
+    await worker.handle(SPEC, delivery())
+    await worker.handle(SPEC, delivery())
+    assert len(api.requests) == 1
+    assert outbox.dead == []
+    assert outbox.published[1]["error"]["code"] == "WorkspaceNotFound"
+
+
+async def test_retriable_failure_is_delayed_without_an_event_then_final() -> None:
+    down = RetriesExhausted("down", status=503)
+    api, outbox = FakeApi(down, down), FakeOutbox()
+    worker = pipeline(api, outbox, retry_delays=(10.0,))
+    await worker.handle(SPEC, delivery())
+    assert (outbox.delayed, outbox.published) == ([(1, 10.0)], [])
+    await worker.handle(SPEC, delivery(headers={DELAYED_ATTEMPT_HEADER: 1}))
+    assert outbox.published[0]["error"]["code"] == "RetriesExhausted"
+    assert outbox.dead == ["RetriesExhausted"]
+
+
+async def test_a_retriable_outcome_is_not_recorded() -> None:
+    api, outbox = FakeApi(RetriesExhausted("down", status=503), created()), FakeOutbox()
+    worker = pipeline(api, outbox)
+    await worker.handle(SPEC, delivery())
+    await worker.handle(SPEC, delivery())
+    assert [event["type"] for event in outbox.published] == [
+        "workspace.create.failed",
+        "workspace.created",
+    ]
+
+
+async def test_a_crash_is_redelivered_until_the_last_delivery_then_becomes_an_event() -> None:
+    api, outbox = FakeApi(RuntimeError("bug"), RuntimeError("bug")), FakeOutbox()
+    worker = pipeline(api, outbox, delivery_limit=3)
+    with pytest.raises(RuntimeError):
+        await worker.handle(SPEC, delivery(headers={DELIVERY_COUNT_HEADER: 2}))
+    assert outbox.published == []
+    await worker.handle(SPEC, delivery(headers={DELIVERY_COUNT_HEADER: 3}))
+    error = outbox.published[0]["error"]
+    assert (error["code"], error["retriable"]) == ("RetriesExhausted", False)
+    assert "RuntimeError" in error["message"]
+    assert outbox.dead == ["RetriesExhausted"]
+
+
+async def test_invalid_command_costs_no_call() -> None:
+    api, outbox = FakeApi(), FakeOutbox()
+    await pipeline(api, outbox).handle(
+        SPEC, Delivery(body=b"{", routing_key="workspace.create", message_id="c2")
+    )
+    assert api.requests == []
+    assert outbox.dead == ["InvalidCommand"]
+
+
+async def test_unknown_routing_keys_name_their_event_safely() -> None:
+    outbox = FakeOutbox()
+    worker = pipeline(FakeApi(), outbox)
+    await worker.handle(None, Delivery(body=b"{}", routing_key="thing.do", message_id="u1"))
+    await worker.handle(None, Delivery(body=b"{}", routing_key="a b/../#", message_id="u2"))
+    assert [event["type"] for event in outbox.published] == ["thing.do.failed", "command.failed"]
+    assert {event["error"]["code"] for event in outbox.published} == {"UnknownCommand"}
