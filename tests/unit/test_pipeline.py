@@ -63,7 +63,7 @@ def delivery(message_id: str | None = "c1", headers: dict[str, Any] | None = Non
         body=b'{"name": "w"}',
         routing_key="workspace.create",
         message_id=message_id,
-        headers=headers,
+        headers=headers or {},
     )
 
 
