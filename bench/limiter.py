@@ -32,6 +32,7 @@ from pathlib import Path
 
 from bench._common import (
     REDIS_URL,
+    ChildProcess,
     Simulator,
     bench_redis_prefix,
     bench_vhost,
@@ -127,8 +128,11 @@ async def run_latency(
         with stopping(workers):
             await asyncio.gather(*(worker.ready() for worker in workers))
             expected = (options.commands - options.burst) / options.rate
-            async with asyncio.timeout(2 * expected + 60):
-                events = [await producer.event_for(command_id) for command_id in ids]
+            try:
+                async with asyncio.timeout(2 * expected + 60):
+                    events = [await producer.event_for(command_id) for command_id in ids]
+            except TimeoutError:
+                raise RuntimeError(_stuck(producer, options, workers)) from None
     requests = simulator.requests("api")
     types: dict[str, int] = {}
     for event in events:
@@ -140,6 +144,14 @@ async def run_latency(
         events=types,
         per_replica=[worker.log().count('"command finished"') for worker in workers],
     )
+
+
+def _stuck(producer: Producer, options: Options, workers: Sequence[ChildProcess]) -> str:
+    """What to say when the events stop coming: how many came, and how each log ends."""
+    lines = [f"only {len(producer.events)} of {options.commands} events arrived in time"]
+    for worker in workers:
+        lines += [f"--- {worker.log_path.name}:", *worker.log().splitlines()[-8:]]
+    return "\n".join(lines)
 
 
 def report(options: Options, results: Sequence[Result]) -> bool:

@@ -9,6 +9,7 @@ is never repeated: it ends as `OutcomeUnknown` instead of risking a duplicate.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from service.errors import (
     classify_failure,
 )
 from service.limiter import Limiter
+from service.metrics import Metrics
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
 # Failures before the request left this machine: always safe to repeat.
@@ -59,8 +61,9 @@ class ApiResponse:
 class _Tries:
     """One command's retry budget, read by tenacity's stop and wait hooks."""
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, metrics: Metrics) -> None:
         self.policy = policy
+        self._metrics = metrics
         self.sent = 0
         self.failures = 0
         self.rate_limited_for = 0.0
@@ -71,11 +74,16 @@ class _Tries:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RateLimited):
             self.rate_limited_for += error.retry_after
-            return self.rate_limited_for > self.policy.rate_limit_budget
-        if isinstance(error, TokenRejected):
-            return False
-        self.failures += 1
-        return self.failures >= self.policy.attempts
+            stop = self.rate_limited_for > self.policy.rate_limit_budget
+            reason = "rate_limited"
+        elif isinstance(error, TokenRejected):
+            stop, reason = False, "token_refresh"
+        else:
+            self.failures += 1
+            stop, reason = self.failures >= self.policy.attempts, "transient"
+        if not stop:
+            self._metrics.retries.labels(reason).inc()
+        return stop
 
     def wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -104,8 +112,11 @@ class ApiClient:
         tokens: TokenProvider,
         limiter: Limiter,
         policy: RetryPolicy,
+        *,
+        metrics: Metrics,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._metrics = metrics
         self._http = http
         self._tokens = tokens
         self._limiter = limiter
@@ -113,7 +124,7 @@ class ApiClient:
         self._now = now
 
     async def send(self, request: ApiRequest) -> ApiResponse:
-        tries = _Tries(self._policy)
+        tries = _Tries(self._policy, self._metrics)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             stop=tries.stop,
@@ -130,9 +141,12 @@ class ApiClient:
         raise error
 
     async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
-        await self._limiter.acquire()
+        metrics = self._metrics
+        metrics.limiter_wait.observe(await self._limiter.acquire())
         token = await self._tokens.token()
         tries.sent += 1
+        started = time.perf_counter()
+        status = 0
         try:
             response = await self._http.request(
                 request.method,
@@ -140,6 +154,7 @@ class ApiClient:
                 json=request.json,
                 headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT},
             )
+            status = response.status_code
         except _NOT_SENT as exc:
             raise TransientError(f"{type(exc).__name__} before the request was sent.") from None
         except httpx.TransportError as exc:
@@ -151,6 +166,10 @@ class ApiClient:
                 f"{type(exc).__name__} after the request was sent: it may have taken effect, "
                 "so it was not repeated."
             ) from None
+        finally:
+            metrics.api_latency.labels(request.method, request.endpoint, str(status)).observe(
+                time.perf_counter() - started
+            )
         if response.is_success:
             return ApiResponse(response.status_code, _document(response), tries.sent)
         failure = classify_failure(
@@ -162,6 +181,7 @@ class ApiClient:
             default_retry_after=self._policy.default_retry_after,
         )
         if isinstance(failure, RateLimited):
+            metrics.rate_limited.inc()
             await self._limiter.pause(failure.retry_after)
         elif isinstance(failure, TokenRejected):
             if tries.refreshed:

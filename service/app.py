@@ -15,6 +15,7 @@ from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitMessage, RabbitQueue
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
@@ -22,7 +23,9 @@ from service.commands import COMMANDS, CommandSpec
 from service.handlers import Delivery, DeliveryPolicy, Pipeline
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
+from service.metrics import Metrics
 from service.outbox import ROUTING_KEY_HEADER, BrokerOutbox
+from service.probes import Probes
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
 from service.topology import Topology
@@ -77,6 +80,7 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = Metrics(frozenset(spec.routing_key for spec in COMMANDS))
         self.topology = Topology.from_settings(settings)
         self.broker = RabbitBroker(
             settings.amqp_url,
@@ -107,13 +111,17 @@ class Worker:
                 rate_limit_budget=settings.rate_limit_wait_budget_seconds,
                 default_retry_after=settings.default_retry_after_seconds,
             ),
+            metrics=self.metrics,
         )
         self.pipeline = Pipeline(
             self.api,
             BrokerOutbox(self.broker, self.topology),
             self._outcomes(),
-            DeliveryPolicy(settings.retry_delays, settings.delivery_limit),
+            metrics=self.metrics,
+            policy=DeliveryPolicy(settings.retry_delays, settings.delivery_limit),
         )
+        self.probes = Probes(self.metrics, self.readiness)
+        self._consuming = False
         for spec in COMMANDS:
             self._consume(self.topology.command_queue(spec), self.topology.commands, spec)
         self._consume(self.topology.unrouted_queue, self.topology.unrouted, None)
@@ -146,8 +154,25 @@ class Worker:
             decoder=_raw_body,
         )(_consumer(self.pipeline, spec, queue.name))
 
+    async def readiness(self) -> dict[str, bool]:
+        checks = {
+            "consuming": self._consuming,
+            "broker": self._consuming and await self.broker.ping(timeout=1.0),
+        }
+        if self.redis is not None:
+            try:
+                checks["redis"] = bool(await self.redis.ping())
+            except (OSError, RedisError):
+                checks["redis"] = False
+        return checks
+
     async def start(self) -> None:
-        await self.broker.connect()
+        await self.probes.start(self.settings.http_host, self.settings.http_port)
+        try:
+            await self.broker.connect()
+        except BaseException:
+            await self.probes.stop()
+            raise
         topology = self.topology
         await self.broker.declare_exchange(topology.events)
         await self.broker.declare_exchange(topology.dead_letters)
@@ -158,10 +183,18 @@ class Worker:
             delay_queue = await self.broker.declare_queue(queue)
             await delay_queue.bind(exchange.name)
         await self.broker.start()
-        log.info("worker consuming", queues=len(COMMANDS) + 1, prefetch=self.settings.prefetch)
+        self._consuming = True
+        log.info(
+            "worker consuming",
+            queues=len(COMMANDS) + 1,
+            prefetch=self.settings.prefetch,
+            http_port=self.probes.port,
+        )
 
     async def stop(self) -> None:
+        self._consuming = False
         await self.broker.stop()
+        await self.probes.stop()
         await self.http.aclose()
         if self.redis is not None:
             await self.redis.aclose()

@@ -33,6 +33,7 @@ from service.errors import (
 )
 from service.events import EncodedEvent, Event, failure, success
 from service.idempotency import Busy, Leased, OutcomeStore, Recorded
+from service.metrics import Metrics
 
 log = structlog.get_logger("itwin_worker.handlers")
 
@@ -105,9 +106,12 @@ class Pipeline:
         api: Api,
         outbox: Outbox,
         outcomes: OutcomeStore,
+        *,
+        metrics: Metrics,
         policy: DeliveryPolicy = DeliveryPolicy(),
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._metrics = metrics
         self._api = api
         self._outbox = outbox
         self._outcomes = outcomes
@@ -127,9 +131,14 @@ class Pipeline:
             correlation_id=delivery.correlation_id,
             routing_key=delivery.routing_key,
         )
+        routing_key = self._metrics.routing_key(delivery.routing_key)
+        self._metrics.commands_received.labels(routing_key).inc()
+        self._metrics.in_flight.inc()
         try:
-            await self._handle(spec, delivery, command_id, deduplicate, started)
+            outcome, code = await self._handle(spec, delivery, command_id, deduplicate, started)
+            self._metrics.commands_finished.labels(routing_key, outcome, code).inc()
         finally:
+            self._metrics.in_flight.dec()
             structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "routing_key")
 
     async def _handle(
@@ -139,14 +148,15 @@ class Pipeline:
         command_id: str,
         deduplicate: bool,
         started: float,
-    ) -> None:
+    ) -> tuple[str, str]:
+        """Work the command; return its outcome and error code, for metrics."""
         token = None
         if deduplicate:
             claim = await self._claim(command_id, fresh=bool(delivery.headers.get(REPLAY_HEADER)))
             if isinstance(claim, Recorded):
                 await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)
                 log.info("duplicate command: recorded event published again")
-                return
+                return "duplicate", ""
             token = claim.token
         else:
             log.warning("command has no message_id; it cannot be deduplicated")
@@ -170,7 +180,7 @@ class Pipeline:
                 await self._outcomes.release(command_id, token)
             await self._outbox.delay(delivery, attempt + 1, delay)
             log.info("command delayed", error_code=reason.code, delay_s=delay, attempt=attempt + 1)
-            return
+            return "delayed", reason.code
         encoded = EncodedEvent.of(event)
         if token is not None:
             if reason is None or not reason.retriable:
@@ -179,6 +189,7 @@ class Pipeline:
                 await self._outcomes.release(command_id, token)
         if reason is not None and reason.dead_letter:
             await self._outbox.dead_letter(delivery, encoded, reason)
+            self._metrics.dead_letters.labels(reason.code).inc()
         await self._outbox.publish(encoded, delivery.reply_to)
         log.info(
             "command finished",
@@ -189,6 +200,7 @@ class Pipeline:
             attempts=event.attempts,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        return ("success", "") if reason is None else ("failure", reason.code)
 
     async def _claim(self, command_id: str, *, fresh: bool) -> Recorded | Leased:
         """Claim the id, waiting while another worker holds its lease."""

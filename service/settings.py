@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = "itwin-worker"
 
+    http_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, on the pod IP
     http_port: int = Field(default=8080, ge=0, le=65535)
+    """`/healthz`, `/readyz`, `/metrics`; 0 picks a free port (tests)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     job_poll_schedule: Annotated[list[PositiveFloat], NoDecode] = [15.0, 30.0, 60.0, 120.0]

@@ -82,6 +82,8 @@ def worker_settings(amqp_url: str, simulator: SimulatorHandle, **overrides: Any)
             "retry_max_seconds": 0.05,
             "default_retry_after_seconds": 0.5,
             "log_format": "console",
+            "http_host": "127.0.0.1",
+            "http_port": 0,
             "shutdown_grace_seconds": 5.0,
             # Retriable failures are final at once unless a test is about delayed redelivery.
             "retry_delays": [],

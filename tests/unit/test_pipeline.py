@@ -19,6 +19,7 @@ from service.handlers import (
     Pipeline,
 )
 from service.idempotency import MemoryOutcomes
+from service.metrics import Metrics
 
 WORKSPACE = {"id": "w1", "name": "w", "createdDateTime": "2026-01-01T00:00:00Z"}
 
@@ -72,7 +73,8 @@ def pipeline(api: FakeApi, outbox: FakeOutbox, **policy: Any) -> Pipeline:
         api,
         outbox,
         MemoryOutcomes(ttl=60, lease=5),
-        DeliveryPolicy(**{"retry_delays": (), **policy}),
+        metrics=Metrics(frozenset({"workspace.create"})),
+        policy=DeliveryPolicy(**{"retry_delays": (), **policy}),
     )
 
 

@@ -1,0 +1,69 @@
+"""Prometheus metrics of the worker, in a registry of its own (one per `Worker`).
+
+Labels are bounded: routing keys are the catalogue's (anything else is `unknown`), endpoints are
+path templates, error codes come from the API or the worker, never from free text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    def __init__(self, known_routing_keys: frozenset[str] = frozenset()) -> None:
+        self.registry = CollectorRegistry()
+        self._known = known_routing_keys
+        registry = self.registry
+        self.commands_received = Counter(
+            "itwin_worker_commands_received_total",
+            "Commands taken from the queues.",
+            ["routing_key"],
+            registry=registry,
+        )
+        self.commands_finished = Counter(
+            "itwin_worker_commands_finished_total",
+            "Commands finished, by outcome: success, failure, duplicate (recorded event "
+            "published again) or delayed (sent to a delay queue).",
+            ["routing_key", "outcome", "error_code"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "itwin_worker_commands_in_flight", "Commands being worked on now.", registry=registry
+        )
+        self.dead_letters = Counter(
+            "itwin_worker_dead_letters_total",
+            "Commands copied to the dead-letter queue.",
+            ["error_code"],
+            registry=registry,
+        )
+        self.api_latency = Histogram(
+            "itwin_worker_api_request_duration_seconds",
+            "API request latency by endpoint template and HTTP status (0: no answer).",
+            ["method", "endpoint", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.limiter_wait = Histogram(
+            "itwin_worker_limiter_wait_seconds",
+            "Time a call waited for a rate-limiter token.",
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "itwin_worker_api_retries_total",
+            "API calls repeated, by reason: transient, rate_limited, token_refresh.",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "itwin_worker_api_rate_limited_total", "429 answers from the API.", registry=registry
+        )
+
+    def routing_key(self, routing_key: str) -> str:
+        return routing_key if routing_key in self._known else "unknown"
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
