@@ -1,9 +1,10 @@
 """An offline simulator of the Bentley iTwin Platform REST API the worker calls.
 
 It serves the five endpoints of the API reference pages (create and get workspace, create
-job, create repository, create application) and the OAuth2 token endpoint on one port,
+job, create repository, create application), the job lifecycle beyond them (get, submit,
+cancel, progress of a job, run in simulated time) and the OAuth2 token endpoint on one port,
 answering with the pages' paths, headers, bodies and error objects, and lets tests inject
-rate limiting, latency, hangs and server errors at runtime through `/_simulator/*`.
+rate limiting, latency, hangs, server errors and job failures at runtime through `/_simulator/*`.
 """
 
 from .app import build_app

@@ -6,6 +6,7 @@ never part of the simulated API.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import get_args
 
@@ -14,7 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .contextcapture import find_job
 from .errors import ApiError, ErrorBody, detail
+from .lifecycle import JobOutcome
 from .pipeline import Endpoint
 from .requestlog import RequestKind
 from .state import SimulatorState
@@ -27,6 +30,7 @@ _INVALID = Unprocessable(
     "InvalidValue",
 )
 _KINDS = frozenset(get_args(RequestKind))
+OUTCOME_SETTLED = ErrorBody("JobNotModifiable", "The job is over: its outcome cannot change.")
 
 AdminHandler = Callable[[SimulatorState, Request], Awaitable[Response]]
 
@@ -36,6 +40,12 @@ class StormRequest(BaseModel):
 
     seconds: PositiveFloat
     retry_after: PositiveInt | None = None
+
+
+class OutcomeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: JobOutcome
 
 
 def _validation_error(error: ValidationError) -> ApiError:
@@ -84,6 +94,20 @@ async def _storm(state: SimulatorState, request: Request) -> Response:
     return JSONResponse({"storm": entry.to_json()})
 
 
+async def _job_outcome(state: SimulatorState, request: Request) -> Response:
+    """Decide how one job ends, whatever the config says, as long as it is not over yet."""
+    try:
+        wanted = OutcomeRequest.model_validate(await _INVALID.json_object(request))
+    except ValidationError as error:
+        raise _validation_error(error) from None
+    job = find_job(state, request.path_params["job_id"])
+    now = time.monotonic()
+    if job.lifecycle.is_over(now):
+        raise ApiError(409, OUTCOME_SETTLED)
+    job.lifecycle.outcome = wanted.outcome
+    return JSONResponse({"job": job.to_json(now)})
+
+
 async def _expire_tokens(state: SimulatorState, request: Request) -> Response:
     return JSONResponse({"expired": state.expire_tokens()})
 
@@ -110,6 +134,7 @@ def admin_routes(state: SimulatorState) -> list[Route]:
         ("/config", "GET", _config),
         ("/config", "PATCH", _patch_config),
         ("/storm", "POST", _storm),
+        ("/jobs/{job_id}/outcome", "POST", _job_outcome),
         ("/expire-tokens", "POST", _expire_tokens),
         ("/reset", "POST", _reset),
     )

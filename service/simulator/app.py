@@ -1,4 +1,4 @@
-"""The ASGI application: the five API endpoints, the token endpoint and the admin endpoints."""
+"""The ASGI application: the API endpoints, the token endpoint and the admin endpoints."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .errors import (
     ErrorBody,
 )
 from .oauth import TOKEN_PATH, token_endpoint
-from .pipeline import Handler, api_endpoint
+from .pipeline import Endpoint, Handler, api_endpoint
 from .state import SimulatorState
 
 # (method, path, endpoint, the wording of its page's 429)
@@ -35,6 +35,14 @@ API_ROUTES: tuple[tuple[str, str, Handler, ErrorBody], ...] = (
         RATE_LIMIT_EXCEEDED,
     ),
     ("POST", "/contextcapture/jobs", contextcapture.create_job, TOO_MANY_REQUESTS),
+    ("GET", "/contextcapture/jobs/{job_id}", contextcapture.get_job, RATE_LIMIT_EXCEEDED),
+    ("PATCH", "/contextcapture/jobs/{job_id}", contextcapture.update_job, TOO_MANY_REQUESTS),
+    (
+        "GET",
+        "/contextcapture/jobs/{job_id}/progress",
+        contextcapture.get_job_progress,
+        RATE_LIMIT_EXCEEDED,
+    ),
     ("POST", "/itwins/{itwin_id}/repositories", itwins.create_repository, TOO_MANY_REQUESTS),
     ("POST", "/library/applications", library.create_application, TOO_MANY_REQUESTS),
 )
@@ -78,11 +86,28 @@ class RequestRecorder:
         await self._app(scope, receive, send_recording)
 
 
-def build_app(state: SimulatorState) -> ASGIApp:
-    routes = [
-        Route(path, api_endpoint(state, handler, throttled), methods=[method])
-        for method, path, handler, throttled in API_ROUTES
+def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint for a path several methods share, so a 405 there lists them all."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return endpoint
+
+
+def _api_routes(state: SimulatorState) -> list[Route]:
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for method, path, handler, throttled in API_ROUTES:
+        by_path.setdefault(path, {})[method] = api_endpoint(state, handler, throttled)
+    return [
+        Route(path, _by_method(endpoints), methods=list(endpoints))
+        for path, endpoints in by_path.items()
     ]
+
+
+def build_app(state: SimulatorState) -> ASGIApp:
+    routes = _api_routes(state)
     routes.append(Route(TOKEN_PATH, token_endpoint(state), methods=["POST"]))
     routes.extend(admin_routes(state))
     app = Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
+
+from .lifecycle import JobOutcome
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -40,6 +50,12 @@ class SimulatorConfig(BaseModel):
     token_endpoint_down: bool = False
     engine_limit: NonNegativeInt = 20
     library_forbidden: bool = False
+    job_duration_seconds: PositiveFloat = 60.0
+    """Simulated time from a job's submission to its end."""
+    time_scale: PositiveFloat = 1.0
+    """Real seconds per simulated second: 0.01 runs a 60 s job in 0.6 s. Jobs only."""
+    job_outcome: JobOutcome = "success"
+    """How submitted jobs end unless `/_simulator/jobs/{id}/outcome` says otherwise."""
     request_log_limit: PositiveInt = 100_000
     """Oldest entries are dropped past this, so a long-running simulator does not grow forever."""
 

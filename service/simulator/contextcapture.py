@@ -1,7 +1,10 @@
-"""ContextCapture (Reality Modeling): create and get workspaces, create jobs."""
+"""ContextCapture (Reality Modeling): create and get workspaces; create, get, submit, cancel and
+follow jobs.
+"""
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import Any
 
@@ -9,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import ApiError, ErrorBody, detail
-from .models import Job, Workspace, new_id, timestamp
+from .lifecycle import Instant
+from .models import Job, Workspace, iso, new_id, timestamp
 from .state import SimulatorState
 from .validation import (
     Field,
@@ -60,11 +64,18 @@ COST_PER_GIGAPIXEL = {"Draft": 0.5, "Medium": 1.0, "Extra": 1.5}
 MEGAPOINT_WEIGHT = 0.1
 
 WORKSPACE_NOT_FOUND = ErrorBody("WorkspaceNotFound", "Requested workspace is not available.")
+JOB_NOT_FOUND = ErrorBody("JobNotFound", "Requested job is not available.")
+# Made up: no page shows the answer to a transition the job's state does not allow.
+CANNOT_SUBMIT = ErrorBody("JobNotModifiable", "Only an unsubmitted job can be submitted.")
+CANNOT_CANCEL = ErrorBody("JobNotModifiable", "Only an unsubmitted or active job can be cancelled.")
 _CANNOT_CREATE_WORKSPACE = Unprocessable(
     ErrorBody("InvalidContextCaptureRequest", "Cannot create workspace."), "InvalidParameter"
 )
 _CANNOT_CREATE_JOB = Unprocessable(
     ErrorBody("InvalidContextCaptureRequest", "Cannot create job."), "InvalidParameter"
+)
+_CANNOT_UPDATE_JOB = Unprocessable(
+    ErrorBody("InvalidContextCaptureRequest", "Cannot update job."), "InvalidParameter"
 )
 _NO_CLUSTER = detail("InvalidParameter", "No processing cluster in project location.")
 
@@ -197,4 +208,55 @@ async def create_job(state: SimulatorState, request: Request, client_id: str) ->
         last_modified=now,
     )
     state.jobs[job.id] = job
-    return JSONResponse({"job": job.to_json()}, status_code=201)
+    return JSONResponse({"job": job.to_json(time.monotonic())}, status_code=201)
+
+
+def find_job(state: SimulatorState, job_id: str) -> Job:
+    job = state.jobs.get(job_id)
+    if job is None:
+        raise ApiError(404, JOB_NOT_FOUND)
+    return job
+
+
+async def get_job(state: SimulatorState, request: Request, client_id: str) -> Response:
+    job = find_job(state, request.path_params["job_id"])
+    return JSONResponse({"job": job.to_json(time.monotonic())})
+
+
+async def get_job_progress(state: SimulatorState, request: Request, client_id: str) -> Response:
+    job = find_job(state, request.path_params["job_id"])
+    return JSONResponse({"jobProgress": job.lifecycle.progress(time.monotonic()).to_json()})
+
+
+async def update_job(state: SimulatorState, request: Request, client_id: str) -> Response:
+    """Submit (`"state": "active"`) or cancel (`"state": "cancelled"`) a job.
+
+    The state is matched case-insensitively: the page's example writes `Active`, Bentley's SDKs
+    send lower case. The body is checked before the job is looked up, as for job creation.
+    """
+    body = await _CANNOT_UPDATE_JOB.json_object(request)
+    requested = body.get("state")
+    target = requested.lower() if isinstance(requested, str) else None
+    if target not in ("active", "cancelled"):
+        raise _CANNOT_UPDATE_JOB.error(_invalid_parameters(["state"]))
+    job = find_job(state, request.path_params["job_id"])
+    at = Instant.now()
+    if target == "active":
+        _submit(state, job, at)
+    else:
+        _cancel(job, at)
+    job.last_modified = iso(at.wall)
+    return JSONResponse({"job": job.to_json(at.clock)})
+
+
+def _submit(state: SimulatorState, job: Job, at: Instant) -> None:
+    if job.lifecycle.state(at.clock) != "unsubmitted":
+        raise ApiError(409, CANNOT_SUBMIT)
+    config = state.config
+    job.lifecycle.submit(at, config.job_duration_seconds * config.time_scale, config.job_outcome)
+
+
+def _cancel(job: Job, at: Instant) -> None:
+    if job.lifecycle.is_over(at.clock):
+        raise ApiError(409, CANNOT_CANCEL)
+    job.lifecycle.cancel(at)

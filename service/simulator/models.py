@@ -1,30 +1,41 @@
 """The objects the simulator stores, each able to render itself as the page's JSON.
 
 They are plain mutable records, not the JSON itself, so that later endpoints (job submission,
-progress, updates) can change a field and render again.
+cancellation) can change a field and render again. A job renders as of a moment, because its
+state moves on with time (see `lifecycle`).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
+
+from .lifecycle import Execution, JobState, Lifecycle
 
 CONTEXT_CAPTURE_VERSION = "20.1"
 JOB_LOCATION = "East US"
-
-JobState = Literal["unsubmitted", "active", "success", "failed", "cancelled"]
-"""The job states of the ContextCapture API; only `unsubmitted` is reachable so far."""
+JOB_FAILURE = {
+    "code": "ProcessingFailed",
+    "title": "Processing failed",
+    "message": "The job failed (simulated failure).",
+    "params": [],
+}
+"""The `executionInformation.errors` entry of a failed job, in the page's message model."""
 
 
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def iso(moment: datetime) -> str:
+    """A UTC time as the pages write it: ISO-8601, milliseconds, `Z`."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def timestamp() -> str:
-    """Now as the pages write it: ISO-8601 UTC, milliseconds, `Z`."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
 
 
 @dataclass(slots=True)
@@ -57,16 +68,21 @@ class Job:
     estimated_cost: float | None
     created: str
     last_modified: str
-    state: JobState = "unsubmitted"
+    """Of the last change through the API; a job's own end counts as a change too."""
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The job as it stands at `now` (a `time.monotonic()` reading)."""
+        state = self.lifecycle.state(now)
+        execution = self.lifecycle.execution(now)
+        ended = execution.ended if execution is not None else None
         data: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "type": self.type,
-            "state": self.state,
+            "state": state,
             "createdDateTime": self.created,
-            "lastModifiedDateTime": self.last_modified,
+            "lastModifiedDateTime": iso(ended) if ended is not None else self.last_modified,
         }
         if self.itwin_id is not None:
             data["iTwinId"] = self.itwin_id
@@ -74,12 +90,25 @@ class Job:
             "location": JOB_LOCATION,
             "email": self.email,
             "workspaceId": self.workspace_id,
-            "inputs": self.inputs,
-            "jobSettings": self.job_settings,
         }
+        if execution is not None:
+            data["executionInformation"] = self._execution_json(execution, state)
+        data |= {"inputs": self.inputs, "jobSettings": self.job_settings}
         if self.cost_parameters is not None:
             data["costEstimationParameters"] = self.cost_parameters
             data["estimatedCost"] = self.estimated_cost
+        return data
+
+    def _execution_json(self, execution: Execution, state: JobState) -> dict[str, Any]:
+        # estimatedUnits is the simulator's cost estimate again: the page gives no formula.
+        data: dict[str, Any] = {"submittedDateTime": iso(execution.submitted)}
+        if execution.started is not None:
+            data["startedDateTime"] = iso(execution.started)
+        if execution.ended is not None:
+            data["endedDateTime"] = iso(execution.ended)
+        data["estimatedUnits"] = self.estimated_cost
+        if state == "failed":
+            data["errors"] = [JOB_FAILURE]
         return data
 
 

@@ -18,6 +18,7 @@ import uvicorn
 from .admin import ADMIN_PREFIX
 from .app import build_app
 from .config import SimulatorConfig
+from .lifecycle import JobOutcome
 from .oauth import TOKEN_PATH
 from .requestlog import RecordedRequest, RequestKind
 from .state import SimulatorState
@@ -133,6 +134,10 @@ class SimulatorHandle:
 
     def storm(self, seconds: float, retry_after: int | None = None) -> None:
         self._call("POST", "/storm", json={"seconds": seconds, "retry_after": retry_after})
+
+    def set_job_outcome(self, job_id: str, outcome: JobOutcome) -> None:
+        """Make one job end `failed` or `success` regardless of the config (before it ends)."""
+        self._call("POST", f"/jobs/{job_id}/outcome", json={"outcome": outcome})
 
     def expire_tokens(self) -> None:
         self._call("POST", "/expire-tokens")

@@ -119,28 +119,23 @@ async def producer(amqp_url: str, start_worker: StartWorker) -> AsyncIterator[Pr
 
 
 async def drain_queue(amqp_url: str, queue: str, quiet: float = 1.0) -> list[Any]:
-    """Consume a queue until it stays empty for `quiet` seconds; quorum counts lag, so count."""
+    """Consume a queue until it stays empty for `quiet` seconds; quorum counts lag, so count.
+
+    A consumer feeding a local queue, so the timeout never cancels an AMQP call half-way.
+    """
+    received: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
     messages: list[aio_pika.abc.AbstractIncomingMessage] = []
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         declared = await channel.get_queue(queue, ensure=True)
+        await declared.consume(received.put, no_ack=True)
         while True:
             try:
                 async with asyncio.timeout(quiet):
-                    message = await _get(declared)
+                    messages.append(await received.get())
             except TimeoutError:
                 return messages
-            await message.ack()
-            messages.append(message)
-
-
-async def _get(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
-    while True:
-        message = await queue.get(fail=False)
-        if message is not None:
-            return message
-        await asyncio.sleep(0.05)
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
