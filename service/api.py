@@ -142,8 +142,10 @@ class ApiClient:
 
     async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
         metrics = self._metrics
-        metrics.limiter_wait.observe(await self._limiter.acquire())
+        # The token first: a fetch between the limiter's slot and the send would delay the
+        # send and crowd it into the next caller's slot.
         token = await self._tokens.token()
+        metrics.limiter_wait.observe(await self._limiter.acquire())
         tries.sent += 1
         started = time.perf_counter()
         status = 0

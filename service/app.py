@@ -22,6 +22,7 @@ from service.auth import ClientCredentials, TokenProvider
 from service.commands import COMMANDS, CommandSpec
 from service.handlers import Delivery, DeliveryPolicy, Pipeline
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
+from service.jobs import JobFollower
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
 from service.outbox import ROUTING_KEY_HEADER, BrokerOutbox
@@ -113,11 +114,15 @@ class Worker:
             ),
             metrics=self.metrics,
         )
+        outbox = BrokerOutbox(self.broker, self.topology)
+        outcomes = self._outcomes()
+        self.follower = JobFollower(self.api, outbox, outcomes, settings.job_poll_schedule)
         self.pipeline = Pipeline(
             self.api,
-            BrokerOutbox(self.broker, self.topology),
-            self._outcomes(),
+            outbox,
+            outcomes,
             metrics=self.metrics,
+            follower=self.follower,
             policy=DeliveryPolicy(settings.retry_delays, settings.delivery_limit),
         )
         self.probes = Probes(self.metrics, self.readiness)
@@ -125,6 +130,12 @@ class Worker:
         for spec in COMMANDS:
             self._consume(self.topology.command_queue(spec), self.topology.commands, spec)
         self._consume(self.topology.unrouted_queue, self.topology.unrouted, None)
+        self.broker.subscriber(
+            self.topology.poll_queue,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            no_reply=True,
+            decoder=_raw_body,
+        )(_poller(self.follower))
 
     def _limiter(self) -> Limiter:
         settings = self.settings
@@ -186,7 +197,7 @@ class Worker:
         self._consuming = True
         log.info(
             "worker consuming",
-            queues=len(COMMANDS) + 1,
+            queues=len(COMMANDS) + 2,
             prefetch=self.settings.prefetch,
             http_port=self.probes.port,
         )
@@ -199,6 +210,13 @@ class Worker:
         if self.redis is not None:
             await self.redis.aclose()
         log.info("worker stopped")
+
+
+def _poller(follower: JobFollower) -> Callable[[bytes], Awaitable[None]]:
+    async def poll(body: bytes) -> None:
+        await follower.poll(body)
+
+    return poll
 
 
 def _consumer(

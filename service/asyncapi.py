@@ -27,6 +27,7 @@ from faststream.rabbit import RabbitExchange, RabbitQueue
 from service import contract
 from service.commands import COMMANDS
 from service.handlers import _SAFE_ROUTING_KEY, UNKNOWN_COMMAND_EVENT
+from service.jobs import JOB_EVENTS
 from service.outbox import (
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
@@ -155,11 +156,14 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             f"...) are also dead-lettered to `{topology.dead_letter_queue.name}`; the API's "
             "clean refusals (4xx) are not.",
             "messages": [_ref("channels", channel, "messages", rk)],
-            "reply": _reply([spec.success_event, spec.failure_event]),
+            "reply": _reply([event for event in (spec.success_event, spec.failure_event) if event]),
             "bindings": {"amqp": _receive_binding()},
         }
-        add_event(spec.success_event, f"{rk} succeeded: `result` is the API's inner object.")
+        if spec.success_event is not None:
+            add_event(spec.success_event, f"{rk} succeeded: `result` is the API's inner object.")
         add_event(spec.failure_event, f"{rk} failed: `error` says why.")
+    for event_type, description in JOB_EVENTS.items():
+        add_event(event_type, description)
 
     # Commands whose routing key no queue is bound to: the command exchange's alternate exchange.
     messages[UNKNOWN_COMMAND] = {

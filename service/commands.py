@@ -22,6 +22,7 @@ from service.messages import (
     CreateRepository,
     CreateWorkspace,
     GetWorkspace,
+    JobRef,
 )
 
 HttpMethod = Literal["GET", "POST", "PATCH", "DELETE"]
@@ -49,7 +50,12 @@ class CommandSpec:
     """Template whose `{placeholders}` are body fields (by their JSON names) moved to the path."""
     result_key: str
     """The key of the API's inner object in its answer (`workspace`, `job`, ...)."""
-    success_event: str
+    success_event: str | None
+    """None when success is announced by the job's own events instead (`job.follow`)."""
+    fixed_body: Mapping[str, Any] | None = None
+    """Fields the command implies, sent with the body (`{"state": "active"}` to submit)."""
+    follows_job: bool = False
+    """After success, follow the job until it ends (progress and terminal events)."""
     path_fields: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +81,7 @@ class CommandSpec:
         # Path values passed SafeId already; quoting them too keeps a future, looser id type
         # from ever adding a path segment.
         values = {name: quote(str(data.pop(name)), safe="") for name in self.path_fields}
-        body = data if self.method in {"POST", "PATCH"} else None
+        body = {**data, **(self.fixed_body or {})} if self.method in {"POST", "PATCH"} else None
         return ApiRequest(self.method, self.path.format(**values), body, self.path)
 
 
@@ -100,6 +106,9 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
         details.append({"code": code, "message": message, "target": target})
     return details
 
+
+JOB_PATH = "/contextcapture/jobs/{jobId}"
+PROGRESS_PATH = "/contextcapture/jobs/{jobId}/progress"
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -141,6 +150,42 @@ COMMANDS: tuple[CommandSpec, ...] = (
         path="/library/applications",
         result_key="application",
         success_event="application.created",
+    ),
+    CommandSpec(
+        routing_key="job.submit",
+        model=JobRef,
+        method="PATCH",
+        path=JOB_PATH,
+        result_key="job",
+        success_event="job.submitted",
+        fixed_body={"state": "active"},
+        follows_job=True,
+    ),
+    CommandSpec(
+        routing_key="job.cancel",
+        model=JobRef,
+        method="PATCH",
+        path=JOB_PATH,
+        result_key="job",
+        success_event="job.cancel.accepted",
+        fixed_body={"state": "cancelled"},
+    ),
+    CommandSpec(
+        routing_key="job.get",
+        model=JobRef,
+        method="GET",
+        path=JOB_PATH,
+        result_key="job",
+        success_event="job.retrieved",
+    ),
+    CommandSpec(
+        routing_key="job.follow",
+        model=JobRef,
+        method="GET",
+        path=PROGRESS_PATH,
+        result_key="jobProgress",
+        success_event=None,
+        follows_job=True,
     ),
 )
 

@@ -14,6 +14,7 @@ from typing import Any
 from service.commands import COMMANDS
 from service.events import FailureEvent, SuccessEvent, _Event
 from service.handlers import UNKNOWN_COMMAND_EVENT
+from service.jobs import JOB_EVENTS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ASYNCAPI = "asyncapi.json"
@@ -36,11 +37,16 @@ def schemas() -> dict[str, dict[str, Any]]:
             "title": spec.routing_key,
             "description": f"{spec.model.__doc__}\n\n{spec.method} {spec.path}",
         }
-        documents[f"events/{spec.success_event}.json"] = _event_schema(
-            SuccessEvent, spec.success_event, f"{spec.routing_key} succeeded."
-        )
+        if spec.success_event is not None:
+            documents[f"events/{spec.success_event}.json"] = _event_schema(
+                SuccessEvent, spec.success_event, f"{spec.routing_key} succeeded."
+            )
         documents[f"events/{spec.failure_event}.json"] = _event_schema(
             FailureEvent, spec.failure_event, f"{spec.routing_key} failed."
+        )
+    for event_type, description in JOB_EVENTS.items():
+        documents[f"events/{event_type}.json"] = _event_schema(
+            SuccessEvent, event_type, description
         )
     documents[f"events/{UNKNOWN_COMMAND_EVENT}.json"] = _event_schema(
         FailureEvent,

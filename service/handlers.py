@@ -11,7 +11,6 @@ command only after `handle` returns, that is after every publish here was confir
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -32,7 +31,9 @@ from service.errors import (
     WorkerError,
 )
 from service.events import EncodedEvent, Event, failure, success
-from service.idempotency import Busy, Leased, OutcomeStore, Recorded
+from service.idempotency import OutcomeStore, Recorded, claim_when_free
+from service.jobs import JobFollower
+from service.messages import Command, JobRef
 from service.metrics import Metrics
 
 log = structlog.get_logger("itwin_worker.handlers")
@@ -108,10 +109,12 @@ class Pipeline:
         outcomes: OutcomeStore,
         *,
         metrics: Metrics,
+        follower: JobFollower,
         policy: DeliveryPolicy = DeliveryPolicy(),
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
+        self._follower = follower
         self._api = api
         self._outbox = outbox
         self._outcomes = outcomes
@@ -152,16 +155,20 @@ class Pipeline:
         """Work the command; return its outcome and error code, for metrics."""
         token = None
         if deduplicate:
-            claim = await self._claim(command_id, fresh=bool(delivery.headers.get(REPLAY_HEADER)))
+            claim = await claim_when_free(
+                self._outcomes, command_id, fresh=bool(delivery.headers.get(REPLAY_HEADER))
+            )
             if isinstance(claim, Recorded):
-                await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)
+                # An empty record: the command's only announcement is its job's own events.
+                if claim.event:
+                    await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)
                 log.info("duplicate command: recorded event published again")
                 return "duplicate", ""
             token = claim.token
         else:
             log.warning("command has no message_id; it cannot be deduplicated")
         try:
-            event, reason, status = await self._outcome(spec, delivery, command_id)
+            event, reason, status, command = await self._outcome(spec, delivery, command_id)
         except Exception as exc:
             if token is not None:
                 await self._outcomes.release(command_id, token)
@@ -172,7 +179,8 @@ class Pipeline:
                 f"({type(exc).__name__}).",
                 retriable=False,
             )
-            event, status, token = self._failure(spec, delivery, command_id, reason), None, None
+            event, status, command = self._failure(spec, delivery, command_id, reason), None, None
+            token = None
         attempt = delivery.header_int(DELAYED_ATTEMPT_HEADER)
         if reason is not None and reason.retriable and attempt < len(self._policy.retry_delays):
             delay = self._policy.retry_delays[attempt]
@@ -181,35 +189,53 @@ class Pipeline:
             await self._outbox.delay(delivery, attempt + 1, delay)
             log.info("command delayed", error_code=reason.code, delay_s=delay, attempt=attempt + 1)
             return "delayed", reason.code
-        encoded = EncodedEvent.of(event)
-        if token is not None:
-            if reason is None or not reason.retriable:
-                await self._outcomes.record(command_id, token, encoded.body)
-            else:
-                await self._outcomes.release(command_id, token)
-        if reason is not None and reason.dead_letter:
-            await self._outbox.dead_letter(delivery, encoded, reason)
-            self._metrics.dead_letters.labels(reason.code).inc()
-        await self._outbox.publish(encoded, delivery.reply_to)
+        await self._conclude(
+            spec, delivery, command=command, event=event, reason=reason, token=token
+        )
         log.info(
             "command finished",
             outcome="success" if reason is None else "failure",
-            event_type=event.type,
+            event_type=event.type if event else "following",
             api_status=status,
             error_code=reason.code if reason else None,
-            attempts=event.attempts,
+            attempts=event.attempts if event else 1,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return ("success", "") if reason is None else ("failure", reason.code)
 
-    async def _claim(self, command_id: str, *, fresh: bool) -> Recorded | Leased:
-        """Claim the id, waiting while another worker holds its lease."""
-        while True:
-            claim = await self._outcomes.claim(command_id, fresh=fresh)
-            if not isinstance(claim, Busy):
-                return claim
-            log.info("command is being worked on elsewhere; waiting", lease_s=claim.remaining)
-            await asyncio.sleep(min(max(claim.remaining, 0.05), 1.0))
+    async def _conclude(
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        *,
+        command: Command | None,
+        event: Event | None,
+        reason: WorkerError | None,
+        token: str | None,
+    ) -> None:
+        """Follow the job if asked, record the outcome, dead-letter a fault, publish."""
+        command_id = delivery.message_id or ""
+        if isinstance(command, JobRef) and spec is not None and spec.follows_job:
+            # Before the record: a crash here makes the command come back and start again;
+            # the first poll's id is fixed, so a second start adds no second follower.
+            await self._follower.start(
+                command.job_id,
+                command_id,
+                delivery.correlation_id or command_id,
+                delivery.reply_to,
+                at_once=spec.success_event is None,
+            )
+        encoded = EncodedEvent.of(event) if event is not None else None
+        if token is not None:
+            if reason is None or not reason.retriable:
+                await self._outcomes.record(command_id, token, encoded.body if encoded else b"")
+            else:
+                await self._outcomes.release(command_id, token)
+        if encoded is not None:
+            if reason is not None and reason.dead_letter:
+                await self._outbox.dead_letter(delivery, encoded, reason)
+                self._metrics.dead_letters.labels(reason.code).inc()
+            await self._outbox.publish(encoded, delivery.reply_to)
 
     def _failure(
         self, spec: CommandSpec | None, delivery: Delivery, command_id: str, error: WorkerError
@@ -224,15 +250,21 @@ class Pipeline:
 
     async def _outcome(
         self, spec: CommandSpec | None, delivery: Delivery, command_id: str
-    ) -> tuple[Event, WorkerError | None, int | None]:
+    ) -> tuple[Event | None, WorkerError | None, int | None, Command | None]:
+        """The event (None when the job's own events will speak), the error, the status."""
         try:
             if spec is None:
                 raise UnknownCommand(
                     "No command is bound to this routing key.", target="routingKey"
                 )
-            response, result = await self._call(spec, delivery)
+            _check_content_type(delivery.content_type)
+            command = spec.parse(delivery.body)
+            response = await self._api.send(spec.request(command))
+            result = _inner_object(response, spec)
         except WorkerError as error:
-            return self._failure(spec, delivery, command_id, error), error, error.status
+            return self._failure(spec, delivery, command_id, error), error, error.status, None
+        if spec.success_event is None:
+            return None, None, response.status, command
         event = success(
             spec.success_event,
             command_id=command_id,
@@ -241,15 +273,7 @@ class Pipeline:
             attempts=response.attempts,
             now=self._now(),
         )
-        return event, None, response.status
-
-    async def _call(
-        self, spec: CommandSpec, delivery: Delivery
-    ) -> tuple[ApiResponse, dict[str, Any]]:
-        _check_content_type(delivery.content_type)
-        command = spec.parse(delivery.body)
-        response = await self._api.send(spec.request(command))
-        return response, _inner_object(response, spec)
+        return event, None, response.status, command
 
 
 def _check_content_type(content_type: str | None) -> None:

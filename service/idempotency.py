@@ -12,6 +12,7 @@ processes with their own memory would each work a command delivered to both.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import OrderedDict
@@ -56,6 +57,17 @@ class OutcomeStore(Protocol):
     async def record(self, command_id: str, token: str, event: bytes) -> None: ...
 
     async def release(self, command_id: str, token: str) -> None: ...
+
+
+async def claim_when_free(
+    store: OutcomeStore, command_id: str, *, fresh: bool = False
+) -> Recorded | Leased:
+    """Claim the id, waiting while another worker holds its lease (it ends or it expires)."""
+    while True:
+        claim = await store.claim(command_id, fresh=fresh)
+        if not isinstance(claim, Busy):
+            return claim
+        await asyncio.sleep(min(max(claim.remaining, 0.05), 1.0))
 
 
 class MemoryOutcomes:

@@ -150,3 +150,9 @@ class CreateApplication(Command):
 
     display_name: ApplicationText = Field(alias="displayName")
     version: ApplicationText
+
+
+class JobRef(Command):
+    """`job.submit`, `job.cancel`, `job.get`, `job.follow`: one job, by id (goes to the path)."""
+
+    job_id: SafeId = Field(alias="jobId")

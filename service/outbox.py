@@ -62,6 +62,20 @@ class BrokerOutbox:
         headers = {DELAYED_ATTEMPT_HEADER: attempt, ROUTING_KEY_HEADER: delivery.routing_key}
         await self._republish(delivery, exchange, delivery.queue, headers)
 
+    async def schedule_poll(self, poll: bytes, poll_id: str, delay: float | None) -> None:
+        queue = self._topology.poll_queue.name
+        exchange = None if delay is None else self._topology.delays[delay][0]
+        await self._broker.publish(
+            poll,
+            exchange=exchange,
+            routing_key=queue,
+            persist=True,
+            mandatory=False,
+            message_id=poll_id,
+            correlation_id=poll_id,
+            content_type=JSON,
+        )
+
     async def dead_letter(
         self, delivery: Delivery, event: EncodedEvent, reason: WorkerError
     ) -> None:

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     def unrouted_queue(self) -> str:
         return f"{self.queue_prefix}unrouted"
 
+    @property
+    def poll_queue(self) -> str:
+        """Where the next look at a followed job waits for a worker."""
+        return f"{self.queue_prefix}job.poll"
+
     def delay_queue(self, seconds: float) -> str:
         return f"{self.queue_prefix}delay.{seconds:g}s"
 

@@ -24,6 +24,7 @@ class Topology:
     dead_letters: RabbitExchange
     dead_letter_queue: RabbitQueue
     unrouted_queue: RabbitQueue
+    poll_queue: RabbitQueue
     delays: dict[float, tuple[RabbitExchange, RabbitQueue]]
     """Per delay: a fanout exchange and a queue whose expired messages go back, through the
     default exchange, to the work queue named by their routing key."""
@@ -51,7 +52,12 @@ class Topology:
                 settings.dead_letter_queue, queue_type=QueueType.QUORUM, durable=True
             ),
             unrouted_queue=cls._work_queue(settings, settings.unrouted_queue, "", dead_letters),
-            delays={seconds: cls._delay(settings, seconds) for seconds in settings.retry_delays},
+            poll_queue=cls._work_queue(settings, settings.poll_queue, "", dead_letters),
+            # One delay queue per distinct delay, shared by command retries and job polls.
+            delays={
+                seconds: cls._delay(settings, seconds)
+                for seconds in sorted({*settings.retry_delays, *settings.job_poll_schedule})
+            },
             settings=settings,
         )
 

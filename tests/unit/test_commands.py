@@ -60,6 +60,10 @@ def test_catalogue_has_the_five_commands_with_contract_event_names() -> None:
         "job.create": ("job.created", "job.create.failed"),
         "repository.create": ("repository.created", "repository.create.failed"),
         "application.create": ("application.created", "application.create.failed"),
+        "job.submit": ("job.submitted", "job.submit.failed"),
+        "job.cancel": ("job.cancel.accepted", "job.cancel.failed"),
+        "job.get": ("job.retrieved", "job.get.failed"),
+        "job.follow": (None, "job.follow.failed"),
     }
 
 
@@ -82,6 +86,25 @@ def test_paths_carry_the_ids() -> None:
     assert repo.path == "/itwins/60805594-3e04-43b5-8fd8-5ccae0de23cc/repositories"
     assert repo.json is not None
     assert "iTwinId" not in repo.json
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "method", "body"),
+    [
+        ("job.submit", "PATCH", {"state": "active"}),
+        ("job.cancel", "PATCH", {"state": "cancelled"}),
+        ("job.get", "GET", None),
+    ],
+)
+def test_job_lifecycle_commands_become_the_references_calls(
+    routing_key: str, method: str, body: dict[str, str] | None
+) -> None:
+    request = BY_ROUTING_KEY[routing_key].request(_parse(routing_key, {"jobId": "cc3d35cc-41"}))
+    assert (request.method, request.path, request.json) == (
+        method, "/contextcapture/jobs/cc3d35cc-41", body,
+    )  # fmt: skip
+    follow = BY_ROUTING_KEY["job.follow"].request(_parse("job.follow", {"jobId": "j1"}))
+    assert (follow.method, follow.path) == ("GET", "/contextcapture/jobs/j1/progress")
 
 
 def test_job_body_is_forwarded_unchanged() -> None:

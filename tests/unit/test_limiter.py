@@ -123,3 +123,21 @@ async def test_local_limiter_pause_delays_the_next_caller() -> None:
     await limiter.pause(3.0)
     assert await limiter.acquire() == pytest.approx(3.0)
     assert clock.now == pytest.approx(103.0)
+
+
+async def test_a_caller_woken_late_takes_a_new_slot_instead_of_crowding_the_next() -> None:
+    clock = FakeClock()
+
+    async def oversleep(seconds: float) -> None:
+        clock.sleeps.append(seconds)
+        clock.now += seconds + (0.2 if len(clock.sleeps) == 1 else 0.0)
+
+    limiter = LocalLimiter((Bucket(rate=4, burst=1),), clock=clock, sleep=oversleep)
+    await limiter.acquire()
+    started = clock.now
+    waited = await limiter.acquire()
+    assert clock.sleeps[0] == pytest.approx(0.25)
+    # Woke 0.2 s late (> half the 0.25 s interval): the next free slot was taken instead.
+    assert len(clock.sleeps) == 2
+    assert waited == pytest.approx(clock.now - started)
+    assert clock.now - started == pytest.approx(0.5)

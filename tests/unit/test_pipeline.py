@@ -19,6 +19,7 @@ from service.handlers import (
     Pipeline,
 )
 from service.idempotency import MemoryOutcomes
+from service.jobs import JobFollower
 from service.metrics import Metrics
 
 WORKSPACE = {"id": "w1", "name": "w", "createdDateTime": "2026-01-01T00:00:00Z"}
@@ -42,6 +43,7 @@ class FakeOutbox:
         self.published: list[dict[str, Any]] = []
         self.dead: list[str] = []
         self.delayed: list[tuple[int, float]] = []
+        self.polls: list[tuple[dict[str, Any], float | None]] = []
 
     async def publish(self, event: EncodedEvent, reply_to: str | None) -> None:
         self.published.append(json.loads(event.body))
@@ -53,6 +55,9 @@ class FakeOutbox:
 
     async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None:
         self.delayed.append((attempt, seconds))
+
+    async def schedule_poll(self, poll: bytes, poll_id: str, delay: float | None) -> None:
+        self.polls.append((json.loads(poll), delay))
 
 
 def created() -> ApiResponse:
@@ -69,11 +74,13 @@ def delivery(message_id: str | None = "c1", headers: dict[str, Any] | None = Non
 
 
 def pipeline(api: FakeApi, outbox: FakeOutbox, **policy: Any) -> Pipeline:
+    outcomes = MemoryOutcomes(ttl=60, lease=5)
     return Pipeline(
         api,
         outbox,
-        MemoryOutcomes(ttl=60, lease=5),
+        outcomes,
         metrics=Metrics(frozenset({"workspace.create"})),
+        follower=JobFollower(api, outbox, outcomes, schedule=(15.0, 30.0)),
         policy=DeliveryPolicy(**{"retry_delays": (), **policy}),
     )
 
