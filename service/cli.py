@@ -8,7 +8,7 @@ import json
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import aio_pika
 
 from service import contract, logs, simulator
 from service.app import Worker
+from service.commands import BY_ROUTING_KEY
 from service.dlq import DeadLetters
+from service.jobs import PROGRESS_EVENT, TERMINAL_EVENTS
 from service.producer import BrokerUnreachable, Producer
 from service.settings import Settings, SettingsError, load_settings
 
@@ -65,8 +67,7 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
                 print(json.dumps({"published": message_id, "routingKey": args.routing_key}))
                 return 0
             async with asyncio.timeout(args.timeout):
-                event = await producer.event_for(message_id)
-            print(json.dumps(event, indent=2))
+                event = await _until_settled(producer, args.routing_key, message_id, _print_json)
             return 0 if "result" in event else 1
     except BrokerUnreachable as exc:
         return _broker_unreachable(settings, exc)
@@ -96,6 +97,34 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _until_settled(
+    producer: Producer,
+    routing_key: str,
+    message_id: str,
+    show: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Show each event of the command until it has nothing more to say; return the last."""
+    n = 0
+    while True:
+        event = await producer.nth_event(message_id, n)
+        show(event)
+        if not _more_to_come(routing_key, event):
+            return event
+        n += 1
+
+
+def _print_json(event: dict[str, Any]) -> None:
+    print(json.dumps(event, indent=2), flush=True)
+
+
+def _more_to_come(routing_key: str, event: dict[str, Any]) -> bool:
+    """A submit or follow goes on with the job's progress until its terminal event."""
+    following = BY_ROUTING_KEY.get(routing_key)
+    if following is None or not following.follows_job or "error" in event:
+        return False
+    return event["type"] not in TERMINAL_EVENTS.values()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -119,15 +148,20 @@ def _show(event: dict[str, Any]) -> None:
     ok = "result" in event
     mark = "OK  " if ok else "FAIL"
     print(f"{mark} {event['type']:<26} command {event['commandId']}  attempts {event['attempts']}")
+    if event["type"] == PROGRESS_EVENT:
+        progress = event["result"]
+        print(f"     {progress['percentage']:>3} %  {progress['state']:<8} {progress['step']}")
+        return
     detail = json.dumps(event["result" if ok else "error"], indent=2)
-    print("     " + detail.replace("\n", "\n     "))
+    print("     " + detail.replace("\n", "\n     "), flush=True)
 
 
 async def _demo(base: Settings, args: argparse.Namespace) -> int:
     # The demo prints the events; the worker's own log lines would only bury them.
     logs.configure("WARNING", "console")
     port = _free_port()
-    config = simulator.SimulatorConfig()
+    # A simulated hour-long job would bore anyone: the demo's takes 4 seconds.
+    config = simulator.SimulatorConfig(time_scale=0.0667)
     client_id, client_secret = next(iter(config.clients.items()))
     server = asyncio.create_task(simulator.serve(config, "127.0.0.1", port))
     await _wait_for_port(port)
@@ -139,6 +173,7 @@ async def _demo(base: Settings, args: argparse.Namespace) -> int:
             "token_url": f"{api}/connect/token",
             "client_id": client_id,
             "client_secret": client_secret,
+            "job_poll_schedule": [0.5, 1.0, 2.0],
         }
     )
     print(f"simulator on {api}; worker on {logs.SecretRedactor().scrub(settings.amqp_url)}\n")
@@ -154,14 +189,20 @@ async def _demo(base: Settings, args: argparse.Namespace) -> int:
             asyncio.timeout(60),
         ):
             events = await _demo_commands(producer)
+            for event in events:
+                _show(event)
+            successes = sum("result" in event for event in events)
+            print(f"\n{successes} succeeded, {len(events) - successes} failed (one expected)\n")
+            job_id = events[2].get("result", {}).get("id", "missing")
+            print(f"Job lifecycle: job.submit {job_id}, followed to its end\n")
+            submit = json.dumps({"jobId": job_id}).encode()
+            message_id = await producer.publish("job.submit", submit)
+            last = await _until_settled(producer, "job.submit", message_id, _show)
+            print(f"\njob {job_id} ended with {last['type']}")
     finally:
         await worker.stop()
         server.cancel()
-    for event in events:
-        _show(event)
-    successes = sum("result" in event for event in events)
-    print(f"\n{successes} succeeded, {len(events) - successes} failed (one failure expected)")
-    return 0 if (successes, len(events)) == (5, 6) else 1
+    return 0 if (successes, len(events), last["type"]) == (5, 6, "job.succeeded") else 1
 
 
 async def _demo_commands(producer: Producer) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ class Producer:
         self._replies: AbstractQueue | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
         """Every event received, in arrival order, duplicates included."""
 
     async def __aenter__(self) -> Producer:
@@ -63,6 +64,8 @@ class Producer:
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         event = json.loads(message.body)
         self.events.append(event)
+        async with self._arrived:
+            self._arrived.notify_all()
         waiter = self._waiter(str(event.get("commandId")))
         if not waiter.done():
             waiter.set_result(event)
@@ -100,6 +103,15 @@ class Producer:
     async def event_for(self, message_id: str) -> dict[str, Any]:
         """The first event of one command; bound the wait with `asyncio.timeout`."""
         return await asyncio.shield(self._waiter(message_id))
+
+    async def nth_event(self, message_id: str, n: int) -> dict[str, Any]:
+        """The command's n-th event (from 0): a followed job has several."""
+        async with self._arrived:
+            while True:
+                mine = [e for e in self.events if e.get("commandId") == message_id]
+                if len(mine) > n:
+                    return mine[n]
+                await self._arrived.wait()
 
     async def request(self, routing_key: str, body: bytes) -> dict[str, Any]:
         """Publish one command and wait for its event."""
