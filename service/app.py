@@ -30,6 +30,7 @@ from service.probes import Probes
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
 from service.topology import Topology
+from service.transport import AiohttpTransport
 
 log = structlog.get_logger("itwin_worker.app")
 
@@ -94,7 +95,7 @@ class Worker:
             timeout=httpx.Timeout(
                 settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
             ),
-            limits=httpx.Limits(max_connections=settings.prefetch + 8),
+            transport=AiohttpTransport(max_connections=settings.prefetch + 8),
             headers={"User-Agent": "itwin-worker"},
         )
         self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
