@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -43,6 +44,7 @@ ROUTING_KEY = "workspace.create"
 COMMAND_BODY = b'{"name": "w"}'
 
 REPO = Path(__file__).resolve().parents[1]
+PYCACHE_DIR = Path(tempfile.gettempdir()) / "itwin-bench-pycache"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _STARTED = time.monotonic()
 
@@ -131,6 +133,13 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds all CPUs of the machine have been busy (not idle, not iowait) since boot."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
 def status_mib(pid: int, key: str) -> float:
     """A `/proc/<pid>/status` size (VmRSS: resident now, VmHWM: peak resident) in MiB."""
     try:
@@ -154,19 +163,33 @@ def free_port() -> int:
 
 
 def clean_environment() -> dict[str, str]:
-    """This process's environment without any ITWIN_WORKER_* variable."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("ITWIN_WORKER_")}
+    """This process's environment without ITWIN_WORKER_* variables, with a bytecode cache.
+
+    A deployed worker starts from compiled bytecode (the image compiles it at build time). Here
+    PYTHONDONTWRITEBYTECODE may be set and the checkout has no `.pyc` files, so every child
+    would compile its imports from source at start. Children therefore keep their bytecode under
+    PYCACHE_DIR (PYTHONPYCACHEPREFIX), outside the repository and the venv.
+    """
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ITWIN_WORKER_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
+    environment["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
+    return environment
 
 
 class ChildProcess:
     """A child process whose output goes to a log file; knows when it was started."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path = REPO
+    ) -> None:
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("wb")
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            list(argv), env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
+            list(argv), env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.pid = self.process.pid
 
@@ -302,9 +325,15 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
-def spawn_worker(settings: Settings, log_path: Path) -> ChildProcess:
+def spawn_worker(settings: Settings, log_path: Path, source: Path | None = None) -> ChildProcess:
+    """`itwin-worker run` with these settings; from `source` (a directory holding another
+    version's `service/` package, e.g. `git archive <commit> service | tar -x -C DIR`) if given,
+    else from this checkout."""
     argv = [sys.executable, "-m", "service.cli", "run"]
-    return ChildProcess(argv, worker_environment(settings), log_path)
+    if source is None:
+        return ChildProcess(argv, worker_environment(settings), log_path)
+    environment = worker_environment(settings) | {"PYTHONPATH": str(source)}
+    return ChildProcess(argv, environment, log_path, cwd=source)
 
 
 def workspace_create_spec() -> CommandSpec:
@@ -356,6 +385,14 @@ async def queue_depth(amqp_url: str, queue: str) -> int:
         return int(result.message_count or 0)
 
 
+async def purge_queue(amqp_url: str, queue: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.get_queue(queue, ensure=True)
+        await declared.purge()
+
+
 # --- observing events ----------------------------------------------------------------------
 
 
@@ -405,6 +442,9 @@ class EventCounter:
         if self._connection is not None:
             await self._connection.close()
 
+    def _lost(self) -> bool:
+        return self._connection is None or self._connection.is_closed
+
     def start_round(self, expected: int, probe: Probe) -> None:
         self._round = _Round(expected, probe)
 
@@ -424,12 +464,27 @@ class EventCounter:
             current.last = (time.monotonic(), current.probe())
             current.done.set()
 
-    async def finish_round(self, within: float) -> tuple[tuple[float, Any], tuple[float, Any]]:
-        """Wait for the round's last event; return (time, probe) at the first and the last."""
+    async def finish_round(
+        self, within: float, alive: Callable[[], bool], stall: float = 30.0
+    ) -> tuple[tuple[float, Any], tuple[float, Any]]:
+        """Wait for the round's last event; return (time, probe) at the first and the last.
+
+        Gives up (TimeoutError) after `within` seconds, or as soon as the consumer is not
+        `alive`, the observer lost the broker, or no event came for `stall` seconds.
+        """
         current = self._round
         assert current is not None, "start_round first"
-        async with asyncio.timeout(within):
-            await current.done.wait()
+        deadline = time.monotonic() + within
+        seen, last_change = current.count, time.monotonic()
+        while not current.done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await current.done.wait()
+            now = time.monotonic()
+            if current.count != seen:
+                seen, last_change = current.count, now
+            if self._lost() or not alive() or now > deadline or now - last_change > stall:
+                raise TimeoutError
         assert current.first is not None
         assert current.last is not None
         return current.first, current.last

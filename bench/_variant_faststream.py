@@ -28,6 +28,7 @@ from faststream.rabbit import (
 
 from bench._variants import (
     EVENT_TYPE,
+    GRACE_SECONDS,
     JSON,
     READY_MARKER,
     Call,
@@ -45,7 +46,10 @@ async def _raw_body(message: StreamMessage[Any]) -> bytes:
 def build_broker(config: Config, call: Call) -> RabbitBroker:
     """The broker with one subscriber: call the API, publish the event; FastStream acks."""
     broker = RabbitBroker(
-        config.amqp_url, default_channel=Channel(prefetch_count=config.prefetch), logger=None
+        config.amqp_url,
+        default_channel=Channel(prefetch_count=config.prefetch),
+        graceful_timeout=GRACE_SECONDS,
+        logger=None,
     )
     events = RabbitExchange(config.event_exchange, type=ExchangeType.TOPIC, declare=False)
     queue = RabbitQueue(config.queue, queue_type=QueueType.QUORUM, declare=False)

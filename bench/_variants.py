@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +39,8 @@ EVENT_TYPE = "workspace.created"
 JSON = "application/json"
 READY_MARKER = "worker consuming"
 WORKSPACES = "/contextcapture/workspaces"
+GRACE_SECONDS = 10.0
+"""How long a stopping variant lets in-flight commands finish (the worker has its own)."""
 
 Call = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -143,24 +146,47 @@ async def no_call() -> dict[str, Any]:
 
 
 async def run_aio_pika(config: Config, call: Call, stop: asyncio.Event) -> None:
-    """Variants a and b: consume → (call) → publish confirmed persistent event → ack."""
+    """Variants a and b: consume → (call) → publish confirmed persistent event → ack.
+
+    On stop: cancel the consumer, let in-flight commands finish (as the worker does), close.
+    """
     connection = await aio_pika.connect(config.amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=config.prefetch)
         exchange = await channel.get_exchange(config.event_exchange, ensure=True)
         queue = await channel.get_queue(config.queue, ensure=True)
-        await queue.consume(_aio_pika_handler(call, exchange))
+        handler = Handler(call, exchange)
+        tag = await queue.consume(handler)
         print(READY_MARKER, flush=True)
         await stop.wait()
+        await queue.cancel(tag)
+        await handler.drained(within=GRACE_SECONDS)
 
 
-def _aio_pika_handler(
-    call: Call, exchange: AbstractExchange
-) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-    async def handle(message: AbstractIncomingMessage) -> None:
-        result = await call()
-        await exchange.publish(
+class Handler:
+    """The per-message work of variants a and b, counting what is in flight."""
+
+    def __init__(self, call: Call, exchange: AbstractExchange) -> None:
+        self._call = call
+        self._exchange = exchange
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._handle(message)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        result = await self._call()
+        await self._exchange.publish(
             aio_pika.Message(
                 event_body(message.message_id, message.correlation_id, result),
                 message_id=str(uuid.uuid4()),
@@ -173,7 +199,11 @@ def _aio_pika_handler(
         )
         await message.ack()
 
-    return handle
+    async def drained(self, within: float) -> None:
+        """Wait (at most `within` seconds) until no message is being handled."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._idle.wait()
 
 
 async def main_async(variant: str) -> None:

@@ -1,7 +1,7 @@
 """How fast the worker drains a backlog, next to three baselines, on one broker and one stub.
 
 `python -m bench.throughput [--commands 5000] [--repeat 3] [--latency-ms 0,50]
-[--variants a,b,c,d] [--prefetch 32] [--quick] [--memory]`
+[--variants a,b,c,d] [--prefetch 32] [--quick] [--memory] [--worker-source DIR]`
 
 Variants, each a fresh process consuming the same durable quorum queue (declared as the worker
 declares it) with the same prefetch, publishing one persistent event with publisher confirms to
@@ -16,6 +16,9 @@ the `itwin.events` topic exchange, then acking:
 
 Per run: the simulator is reset and given the latency, the backlog is published (not timed),
 then the consumer process is started. An observer queue bound to `itwin.events` sees every event.
+Before the measured runs, each variant drains 100 commands once, unreported (warm-up: bytecode
+cache, broker, simulator). Children keep bytecode in a cache under /tmp, as a deployed image has
+it compiled (see `bench._common.clean_environment`).
 
 Figures:
 - cmd/s: (N - 1) / (time of the Nth event - time of the first event), as the observer sees them:
@@ -28,6 +31,9 @@ Figures:
   `worker consuming`.
 - peak RSS: VmHWM of the consumer at the end of the run (MiB).
 - ratios d/c, d/b, d/a of the median rates, per latency.
+
+`--worker-source DIR` runs d from another version's `service/` package (for A/B between
+commits: `git archive <commit> service | tar -x -C DIR`).
 
 `--memory` instead drains a 10 000-command backlog with the worker alone and samples its VmRSS
 every 100 ms: RSS at ready, steady state (median of the samples taken after 20 % of the backlog),
@@ -55,11 +61,13 @@ from bench._common import (
     bench_redis_prefix,
     bench_vhost,
     broker_pid,
+    busy_cpu_seconds,
     clean_environment,
     cpu_seconds,
     declare_topology,
     progress,
     publish_backlog,
+    purge_queue,
     queue_depth,
     redis_pid,
     spawn_worker,
@@ -78,9 +86,15 @@ DESCRIPTION = {
     "c": "FastStream + httpx",
     "d": "itwin-worker, all features",
 }
+VARIANT_MODULE = {
+    "a": ["bench._variants", "a"],
+    "b": ["bench._variants", "b"],
+    "c": ["bench._variant_faststream"],
+}
 READY_LIMIT_SECONDS = 2.0
+WARM_UP_COMMANDS = 100
 RSS_SAMPLE_SECONDS = 0.1
-PROCESSES = ("consumer", "simulator", "broker", "redis", "bench")
+MACHINE = "machine"
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,7 @@ class Options:
     variants: tuple[str, ...]
     prefetch: int
     memory: bool
+    worker_source: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,10 @@ class Measurement:
     rss_samples: list[tuple[int, float]] = field(repr=False)
     """(events seen so far, VmRSS MiB), every 100 ms while draining."""
     ready_rss_mib: float
+    other_load: float
+    """Cores kept busy by processes outside the benchmark during the window (noise)."""
+    rate_range: tuple[float, float] = (0.0, 0.0)
+    """Slowest and fastest run, for medians."""
 
 
 @dataclass
@@ -145,7 +164,7 @@ class Bench:
         self.runs += 1
         log = self.workdir / f"run-{self.runs:03d}-{variant}.log"
         if variant == "d":
-            return spawn_worker(self.worker_settings(), log)
+            return spawn_worker(self.worker_settings(), log, self.options.worker_source)
         config = Config(
             amqp_url=self.amqp_url,
             queue=self.queue,
@@ -156,20 +175,27 @@ class Bench:
             client_id=self.simulator.client_id,
             client_secret=self.simulator.client_secret,
         )
-        module = (
-            ["-m", "bench._variant_faststream"] if variant == "c" else ["-m", "bench._variants"]
-        )
-        argv = [sys.executable, *module, *([variant] if variant != "c" else [])]
+        argv = [sys.executable, "-m", *VARIANT_MODULE[variant]]
         return ChildProcess(argv, clean_environment() | config.environment(), log)
 
     def cpu_snapshot(self, consumer: int) -> dict[str, float]:
-        return {
-            name: cpu_seconds(pid) for name, pid in (self.pids | {"consumer": consumer}).items()
-        }
+        """CPU seconds so far of each process we run or use, and of the whole machine."""
+        pids = self.pids | {"consumer": consumer}
+        snapshot = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        snapshot[MACHINE] = busy_cpu_seconds()
+        return snapshot
 
-    async def measure(self, variant: str, latency_ms: float) -> Measurement:
+    async def warm_up(self, variants: Sequence[str]) -> None:
+        """One small unreported run per variant, so every measured start finds its bytecode
+        compiled (see `clean_environment`) and the broker and simulator warm."""
+        for variant in variants:
+            progress(f"warm-up: {variant}, {WARM_UP_COMMANDS} commands")
+            await self.measure(variant, 0.0, WARM_UP_COMMANDS)
+            await self.check_drained()
+
+    async def measure(self, variant: str, latency_ms: float, count: int = 0) -> Measurement:
         """Publish the backlog, start the consumer, wait for every event, stop the consumer."""
-        count = self.options.commands
+        count = count or self.options.commands
         self.simulator.reset(latency_ms)
         await publish_backlog(self.producer, count)
         child = self.spawn(variant)
@@ -180,22 +206,28 @@ class Bench:
             ready_s = await child.ready()
             ready_rss = status_mib(child.pid, "VmRSS")
             first_at = await self.counter.first_event(within=30.0)
-            (t0, cpu0), (t1, cpu1) = await self.counter.finish_round(within=60.0 + count / 20)
+            (t0, cpu0), (t1, cpu1) = await self.counter.finish_round(
+                within=60.0 + count / 20, alive=child.alive
+            )
             peak = status_mib(child.pid, "VmHWM")
         except TimeoutError:
             tail = "\n".join(child.log().splitlines()[-20:])
             raise RuntimeError(
-                f"{variant}: {self.counter.count} of {count} events in time; its log ends:\n{tail}"
+                f"{variant}: only {self.counter.count} of {count} events, "
+                f"{len(self.simulator.requests('api'))} API calls (consumer "
+                f"{'running' if child.alive() else 'exited'}); its log ends:\n{tail}"
             ) from None
         finally:
             sampler.cancel()
             child.stop()
+        used = {k: cpu1[k] - cpu0[k] for k in cpu0}
         return Measurement(
             variant=variant,
             latency_ms=latency_ms,
             commands=count,
             rate=(count - 1) / (t1 - t0),
-            cpu_per_1000={k: (cpu1[k] - cpu0[k]) * 1000 / (count - 1) for k in cpu0},
+            cpu_per_1000={k: v * 1000 / (count - 1) for k, v in used.items() if k != MACHINE},
+            other_load=_others(used) / (t1 - t0),
             ready_s=ready_s,
             first_event_s=first_at - child.started,
             peak_rss_mib=peak,
@@ -209,9 +241,22 @@ class Bench:
             await asyncio.sleep(RSS_SAMPLE_SECONDS)
 
     async def check_drained(self) -> None:
-        left = await queue_depth(self.amqp_url, self.queue)
-        if left:
-            raise RuntimeError(f"{left} commands left in {self.queue} after a run")
+        """The queue must be empty between runs; leftovers (a consumer that stopped before
+        acking) are reported and purged so the next run starts from exactly its backlog."""
+        left = 0
+        for _ in range(30):  # quorum queue counts settle within a moment
+            left = await queue_depth(self.amqp_url, self.queue)
+            if not left:
+                return
+            await asyncio.sleep(0.1)
+        progress(f"warning: {left} commands left in {self.queue} after a run; purging them")
+        await purge_queue(self.amqp_url, self.queue)
+
+
+def _others(used: dict[str, float]) -> float:
+    """CPU seconds the machine spent on processes that are not ours."""
+    ours = sum(seconds for name, seconds in used.items() if name != MACHINE)
+    return max(used[MACHINE] - ours, 0.0)
 
 
 @asynccontextmanager
@@ -239,6 +284,7 @@ async def open_bench(options: Options, amqp_url: str, workdir: Path) -> AsyncIte
 async def run_comparison(bench: Bench) -> list[Measurement]:
     """Every variant at every latency, repetitions interleaved so drift hits all alike."""
     options = bench.options
+    await bench.warm_up(options.variants)
     results: list[Measurement] = []
     for repetition in range(1, options.repeat + 1):
         for latency in options.latencies:
@@ -279,6 +325,8 @@ def median_of(results: Sequence[Measurement], variant: str, latency: float) -> M
         peak_rss_mib=med([r.peak_rss_mib for r in runs]),
         rss_samples=[],
         ready_rss_mib=med([r.ready_rss_mib for r in runs]),
+        other_load=max(r.other_load for r in runs),
+        rate_range=(min(r.rate for r in runs), max(r.rate for r in runs)),
     )
 
 
@@ -287,11 +335,16 @@ def print_comparison(options: Options, results: Sequence[Measurement]) -> None:
         f"\nthroughput: {options.commands} workspace.create commands per run, "
         f"prefetch {options.prefetch}, median of {options.repeat} run(s)"
     )
+    if options.worker_source is not None:
+        print(f"d runs the worker from {options.worker_source}, not from this checkout")
     print("cmd/s = (N-1) / (last event - first event) as seen by an observer on itwin.events")
-    print("CPU = CPU seconds per 1000 commands over that window, per process\n")
+    print("CPU = CPU seconds per 1000 commands over that window, per process (medians)")
+    print("others = cores busy outside the benchmark during the window (worst run): noise")
+    print("1st event = consumer spawn to first event; peak RSS = consumer VmHWM\n")
     header = (
-        f"{'API':>6} {'variant':<36} {'cmd/s':>7}  {'CPU: consumer':>13} {'sim':>6} "
-        f"{'broker':>6} {'redis':>6} {'bench':>6}  {'1st event':>9} {'peak RSS':>9}"
+        f"{'API':>6} {'variant':<36} {'cmd/s':>6} {'(min-max)':>11}  {'CPU: consumer':>13} "
+        f"{'sim':>5} {'broker':>6} {'redis':>5} {'bench':>5} {'others':>6}  "
+        f"{'1st event':>9} {'peak RSS':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -307,10 +360,12 @@ def print_comparison(options: Options, results: Sequence[Measurement]) -> None:
 def _row(latency: float, variant: str, m: Measurement) -> str:
     cpu = m.cpu_per_1000
     label = f"{variant}: {DESCRIPTION[variant]}"
+    low, high = m.rate_range
     return (
-        f"{latency:>4g}ms {label:<36} {m.rate:>7.0f}  {cpu['consumer']:>13.2f} "
-        f"{cpu['simulator']:>6.2f} {cpu['broker']:>6.2f} {cpu['redis']:>6.2f} "
-        f"{cpu['bench']:>6.2f}  {m.first_event_s:>8.2f}s {m.peak_rss_mib:>6.0f}MiB"
+        f"{latency:>4g}ms {label:<36} {m.rate:>6.0f} {f'({low:.0f}-{high:.0f})':>11}  "
+        f"{cpu['consumer']:>13.2f} {cpu['simulator']:>5.2f} {cpu['broker']:>6.2f} "
+        f"{cpu['redis']:>5.2f} {cpu['bench']:>5.2f} {m.other_load:>6.2f}  "
+        f"{m.first_event_s:>8.2f}s {m.peak_rss_mib:>5.0f}MiB"
     )
 
 
@@ -344,6 +399,7 @@ def _print_ready(options: Options, results: Sequence[Measurement]) -> None:
 
 
 async def run_memory(bench: Bench) -> list[Measurement]:
+    await bench.warm_up(["d"])
     results = []
     for latency in bench.options.latencies:
         progress(f"memory: worker draining {bench.options.commands} commands at {latency:g} ms")
@@ -358,6 +414,8 @@ def print_memory(options: Options, results: Sequence[Measurement]) -> None:
         f"\nmemory: itwin-worker draining a {options.commands}-command backlog, "
         f"prefetch {options.prefetch}; VmRSS sampled every {RSS_SAMPLE_SECONDS * 1000:g} ms"
     )
+    if options.worker_source is not None:
+        print(f"the worker runs from {options.worker_source}, not from this checkout")
     print("steady = median of the samples after 20 % of the backlog; growth = end - first of them")
     header = (
         f"{'API':>6} {'cmd/s':>7} {'ready':>7} {'1st event':>9} {'RSS@ready':>10} "
@@ -393,6 +451,11 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--prefetch", type=int, default=32, help="prefetch of every variant (32)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1000 commands, 1 run")
     parser.add_argument("--memory", action="store_true", help="worker RSS with a 10k backlog")
+    parser.add_argument(
+        "--worker-source",
+        type=Path,
+        help="run d from this directory's service/ package (another version) instead",
+    )
     args = parser.parse_args(argv)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     if not variants or not set(variants) <= set(VARIANTS):
@@ -408,6 +471,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         variants=tuple(sorted(variants)),
         prefetch=args.prefetch,
         memory=args.memory,
+        worker_source=args.worker_source.resolve() if args.worker_source else None,
     )
 
 
@@ -428,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

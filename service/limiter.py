@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from service.redis_keys import RedisKeys
 
 Sleep = Callable[[float], Awaitable[None]]
+MIN_LATENESS_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,9 @@ class _SleepingLimiter:
         self._buckets = tuple(buckets)
         self._sleep = sleep
         self._timer = timer
-        self._lateness_allowed = self._buckets[0].interval / 2
+        # Half an interval, but never below what a Redis round trip and a busy loop cost:
+        # at high rates a tighter bound would never let anyone through.
+        self._lateness_allowed = max(self._buckets[0].interval / 2, MIN_LATENESS_SECONDS)
 
     async def acquire(self) -> float:
         started = self._timer()

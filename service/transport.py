@@ -9,8 +9,6 @@ pool) is always safe to repeat, one after it (read timeout, connection lost) is 
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import httpx
 
@@ -63,7 +61,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout(str(exc), request=request) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
         return httpx.Response(
             response.status,

@@ -141,3 +141,17 @@ async def test_a_caller_woken_late_takes_a_new_slot_instead_of_crowding_the_next
     assert len(clock.sleeps) == 2
     assert waited == pytest.approx(clock.now - started)
     assert clock.now - started == pytest.approx(0.5)
+
+
+async def test_high_rates_still_let_callers_through_on_a_slow_clock() -> None:
+    clock = FakeClock()
+
+    async def slow_sleep(seconds: float) -> None:
+        clock.sleeps.append(seconds)
+        clock.now += seconds + 0.002  # every wake 2 ms late: far more than half a 10 µs interval
+
+    limiter = LocalLimiter((Bucket(rate=100_000, burst=1),), clock=clock, sleep=slow_sleep)
+    for _ in range(50):
+        before = len(clock.sleeps)
+        await limiter.acquire()
+        assert len(clock.sleeps) - before <= 1, "at most one sleep: the slot was kept"
