@@ -33,15 +33,16 @@ def _broker_unreachable(settings: Settings, exc: Exception) -> int:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    # Handlers first: a SIGTERM while the worker is still starting is a clean stop too.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     worker = Worker(settings)
     try:
         await worker.start()
     except (OSError, ConnectionError) as exc:
         return _broker_unreachable(settings, exc)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await worker.stop()
     return 0

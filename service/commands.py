@@ -77,7 +77,8 @@ class CommandSpec:
             ) from None
 
     def request(self, command: Command) -> ApiRequest:
-        data = command.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        # Fields the producer left out, or sent as null, are not sent: the pages have no nulls.
+        data = command.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
         # Path values passed SafeId already; quoting them too keeps a future, looser id type
         # from ever adding a path segment.
         values = {name: quote(str(data.pop(name)), safe="") for name in self.path_fields}

@@ -159,6 +159,7 @@ async def test_kill_nine_five_times_loses_nothing_and_repeats_little(
             worker.stop()
         final = WorkerProcess(settings, tmp_path / "worker-final.log")
         try:
+            await final.ready()
             async with asyncio.timeout(120):
                 for command_id in ids:
                     await producer.event_for(command_id)

@@ -225,3 +225,9 @@ def test_ids_that_go_into_paths_cannot_change_the_path(hostile: str) -> None:
 def test_every_broken_field_is_reported_at_once() -> None:
     details = _details("application.create", json.dumps({"displayName": "<>"}).encode())
     assert sorted(d["target"] for d in details) == ["displayName", "version"]
+
+
+def test_optional_fields_sent_as_null_are_left_out_of_the_request() -> None:
+    spec = BY_ROUTING_KEY["workspace.create"]
+    request = spec.request(_parse("workspace.create", {"name": "w", "iTwinId": None}))
+    assert request.json == {"name": "w"}
