@@ -99,6 +99,7 @@ class Worker:
             headers={"User-Agent": "itwin-worker"},
         )
         self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self.keys = RedisKeys(settings.redis_prefix)
         self.tokens = TokenProvider(
             self.http, credentials_from(settings), settings.token_refresh_margin_seconds
         )
@@ -128,15 +129,13 @@ class Worker:
         )
         self.probes = Probes(self.metrics, self.readiness)
         self._consuming = False
+        topology = self.topology
         for spec in COMMANDS:
-            self._consume(self.topology.command_queue(spec), self.topology.commands, spec)
-        self._consume(self.topology.unrouted_queue, self.topology.unrouted, None)
-        self.broker.subscriber(
-            self.topology.poll_queue,
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            no_reply=True,
-            decoder=_raw_body,
-        )(_poller(self.follower))
+            queue = topology.command_queue(spec)
+            self._subscribe(queue, topology.commands, _consumer(self.pipeline, spec, queue.name))
+        unrouted = topology.unrouted_queue
+        self._subscribe(unrouted, topology.unrouted, _consumer(self.pipeline, None, unrouted.name))
+        self._subscribe(topology.poll_queue, None, _poller(self.follower))
 
     def _limiter(self) -> Limiter:
         settings = self.settings
@@ -145,7 +144,7 @@ class Worker:
         )
         if self.redis is None:
             return LocalLimiter(buckets)
-        return RedisLimiter(self.redis, RedisKeys(settings.redis_prefix), buckets)
+        return RedisLimiter(self.redis, self.keys, buckets)
 
     def _outcomes(self) -> OutcomeStore:
         settings = self.settings
@@ -153,18 +152,19 @@ class Worker:
         if self.redis is None:
             log.info("idempotency records in memory: correct for a single replica only")
             return MemoryOutcomes(ttl, lease)
-        return RedisOutcomes(self.redis, RedisKeys(settings.redis_prefix), ttl, lease)
+        return RedisOutcomes(self.redis, self.keys, ttl, lease)
 
-    def _consume(
-        self, queue: RabbitQueue, exchange: RabbitExchange, spec: CommandSpec | None
+    def _subscribe(
+        self,
+        queue: RabbitQueue,
+        exchange: RabbitExchange | None,
+        handler: Callable[..., Awaitable[None]],
     ) -> None:
+        """Ack after the handler returns; an unexpected crash is nacked and comes back (bounded
+        by the queue's delivery limit). FastStream's own replies are off: we publish events."""
         self.broker.subscriber(
-            queue,
-            exchange,
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            no_reply=True,
-            decoder=_raw_body,
-        )(_consumer(self.pipeline, spec, queue.name))
+            queue, exchange, ack_policy=AckPolicy.NACK_ON_ERROR, no_reply=True, decoder=_raw_body
+        )(handler)
 
     async def readiness(self) -> dict[str, bool]:
         checks = {

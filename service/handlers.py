@@ -162,7 +162,7 @@ class Pipeline:
                 # An empty record: the command's only announcement is its job's own events.
                 if claim.event:
                     await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)
-                log.info("duplicate command: recorded event published again")
+                log.info("duplicate command: answered from its recorded outcome")
                 return "duplicate", ""
             token = claim.token
         else:
