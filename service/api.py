@@ -36,6 +36,7 @@ from service.limiter import Limiter
 from service.metrics import Metrics
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
+USER_AGENT = "itwin-worker"
 # Failures before the request left this machine: always safe to repeat.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -104,20 +105,30 @@ class _Tries:
 
 
 class ApiClient:
-    """Sends `ApiRequest`s; returns the API's document or raises a `WorkerError`."""
+    """Sends `ApiRequest`s; returns the API's document or raises a `WorkerError`.
+
+    Requests are httpx `Request`s handed straight to an httpx transport. `httpx.AsyncClient`'s
+    own layer (URL merging, cookie jar, redirect and auth flows, none of which this API uses)
+    measured about 10 % of the worker's CPU per command (bench/throughput, py-spy).
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         tokens: TokenProvider,
         limiter: Limiter,
         policy: RetryPolicy,
         *,
+        base_url: str,
+        timeout: httpx.Timeout,
         metrics: Metrics,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
-        self._http = http
+        self._transport = transport
+        # Paths are built from percent-encoded parts and always start with '/'.
+        self._base_url = base_url.rstrip("/")
+        self._extensions = {"timeout": timeout.as_dict()}
         self._tokens = tokens
         self._limiter = limiter
         self._policy = policy
@@ -149,13 +160,23 @@ class ApiClient:
         tries.sent += 1
         started = time.perf_counter()
         status = 0
+        http_request = httpx.Request(
+            request.method,
+            self._base_url + request.path,
+            json=request.json,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": ACCEPT,
+                "User-Agent": USER_AGENT,
+            },
+            extensions=self._extensions,
+        )
         try:
-            response = await self._http.request(
-                request.method,
-                request.path,
-                json=request.json,
-                headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT},
-            )
+            response = await self._transport.handle_async_request(http_request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
             status = response.status_code
         except _NOT_SENT as exc:
             raise TransientError(f"{type(exc).__name__} before the request was sent.") from None

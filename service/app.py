@@ -17,7 +17,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitMessa
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.api import ApiClient, RetryPolicy
+from service.api import USER_AGENT, ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
 from service.commands import COMMANDS, CommandSpec
 from service.handlers import Delivery, DeliveryPolicy, Pipeline
@@ -95,13 +95,13 @@ class Worker:
             logger=None,
             apply_types=False,
         )
+        timeout = httpx.Timeout(
+            settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
+        )
+        transport = AiohttpTransport(max_connections=settings.prefetch + 8)
+        # The token endpoint is called rarely: a plain client on the same connection pool.
         self.http = httpx.AsyncClient(
-            base_url=str(settings.api_base_url),
-            timeout=httpx.Timeout(
-                settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
-            ),
-            transport=AiohttpTransport(max_connections=settings.prefetch + 8),
-            headers={"User-Agent": "itwin-worker"},
+            timeout=timeout, transport=transport, headers={"User-Agent": USER_AGENT}
         )
         self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         self.keys = RedisKeys(settings.redis_prefix)
@@ -109,7 +109,7 @@ class Worker:
             self.http, credentials_from(settings), settings.token_refresh_margin_seconds
         )
         self.api = ApiClient(
-            self.http,
+            transport,
             self.tokens,
             self._limiter(),
             RetryPolicy(
@@ -119,6 +119,8 @@ class Worker:
                 rate_limit_budget=settings.rate_limit_wait_budget_seconds,
                 default_retry_after=settings.default_retry_after_seconds,
             ),
+            base_url=str(settings.api_base_url),
+            timeout=timeout,
             metrics=self.metrics,
         )
         outbox = BrokerOutbox(self.broker, self.topology)
