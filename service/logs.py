@@ -6,6 +6,7 @@ including a careless `log.info(..., headers=...)`, can put a token or the client
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -24,7 +25,11 @@ _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+(@)", re.
 
 
 class SecretRedactor:
-    """Masks values under secret-looking keys, bearer tokens, URL passwords and known secrets."""
+    """Masks values under secret-looking keys, bearer tokens, URL passwords and known secrets.
+
+    It sees every log line, so the common case is kept cheap: a key's verdict is computed once,
+    and the patterns run only on text that could hold what they look for.
+    """
 
     def __init__(self, known_secrets: Iterable[str] = ()) -> None:
         self._known = tuple(secret for secret in known_secrets if len(secret) >= 4)
@@ -33,7 +38,7 @@ class SecretRedactor:
         return {key: self._clean(key, value) for key, value in event_dict.items()}
 
     def _clean(self, key: str, value: Any) -> Any:
-        if key != "event" and _SECRET_KEYS.search(key) and not key.endswith("_count"):
+        if _is_secret_key(key):
             return REDACTED
         if isinstance(value, str):
             return self.scrub(value)
@@ -44,11 +49,19 @@ class SecretRedactor:
         return value
 
     def scrub(self, text: str) -> str:
-        text = _BEARER.sub(rf"\1{REDACTED}", text)
-        text = _URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
+        if "bearer" in text.lower():
+            text = _BEARER.sub(rf"\1{REDACTED}", text)
+        if "://" in text:
+            text = _URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
         for secret in self._known:
-            text = text.replace(secret, REDACTED)
+            if secret in text:
+                text = text.replace(secret, REDACTED)
         return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    return key != "event" and bool(_SECRET_KEYS.search(key)) and not key.endswith("_count")
 
 
 def configure(level: str = "INFO", fmt: str = "json", known_secrets: Iterable[str] = ()) -> None:
