@@ -33,7 +33,7 @@ from service.errors import (
     WorkerError,
     classify_failure,
 )
-from service.limiter import Limiter
+from service.limiter import Limiter, Reservation
 from service.metrics import Metrics
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
@@ -142,29 +142,35 @@ class ApiClient:
         self._policy = policy
         self._now = now
 
-    async def send(self, request: ApiRequest) -> ApiResponse:
+    async def send(self, request: ApiRequest, reserved: Reservation | None = None) -> ApiResponse:
+        """`reserved`: the first attempt's limiter slot, if one was reserved ahead."""
         tries = _Tries(self._policy, self._metrics)
         try:
-            return await self._with_retries(request, tries)
+            return await self._with_retries(request, tries, reserved)
         except WorkerError as error:
             error.attempts = tries.sent
             raise
 
-    async def _with_retries(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
+    async def _with_retries(
+        self, request: ApiRequest, tries: _Tries, reserved: Reservation | None
+    ) -> ApiResponse:
         while True:
             try:
-                return await self._attempt(request, tries)
+                return await self._attempt(request, tries, reserved)
             except TransientError as error:
+                reserved = None
                 if tries.stop(error):
                     raise tries.exhausted(error) from None
                 await asyncio.sleep(tries.wait(error))
 
-    async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
+    async def _attempt(
+        self, request: ApiRequest, tries: _Tries, reserved: Reservation | None
+    ) -> ApiResponse:
         metrics = self._metrics
         # The token first: a fetch between the limiter's slot and the send would delay the
         # send and crowd it into the next caller's slot.
         token = await self._tokens.token()
-        metrics.limiter_wait.observe(await self._limiter.acquire())
+        metrics.limiter_wait.observe(await self._limiter.acquire(reserved))
         tries.sent += 1
         started = time.perf_counter()
         status = 0

@@ -108,10 +108,11 @@ class Worker:
         self.tokens = TokenProvider(
             self.http, credentials_from(settings), settings.token_refresh_margin_seconds
         )
+        self.limiter = self._limiter()
         self.api = ApiClient(
             transport,
             self.tokens,
-            self._limiter(),
+            self.limiter,
             RetryPolicy(
                 attempts=settings.retry_attempts,
                 initial=settings.retry_initial_seconds,
@@ -159,7 +160,8 @@ class Worker:
         if self.redis is None:
             log.info("idempotency records in memory: correct for a single replica only")
             return MemoryOutcomes(ttl, lease)
-        return RedisOutcomes(self.redis, self.keys, ttl, lease)
+        limiter = self.limiter if isinstance(self.limiter, RedisLimiter) else None
+        return RedisOutcomes(self.redis, self.keys, ttl, lease, limiter)
 
     def _subscribe(
         self,

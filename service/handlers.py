@@ -1,7 +1,8 @@
 """The one pipeline every command goes through.
 
-delivery → ids → claim the id (a recorded outcome is published again, nothing is called)
-→ validate (spec.parse) → API call (limiter, token, retries inside the client) → event
+delivery → ids → validate (spec.parse, no I/O) → claim the id (a recorded outcome is published
+again, nothing is called; a valid command's first API slot is reserved in the same round trip)
+→ API call (limiter, token, retries inside the client) → event
 → record the outcome → dead-letter copy when the failure is a fault → publish.
 
 A retriable failure is not final while delayed attempts remain: the command goes to a delay
@@ -33,6 +34,7 @@ from service.errors import (
 from service.events import EncodedEvent, Event, failure, success
 from service.idempotency import OutcomeStore, Recorded, claim_when_free
 from service.jobs import JobFollower
+from service.limiter import Reservation
 from service.messages import Command, JobRef
 from service.metrics import Metrics
 
@@ -68,7 +70,9 @@ class Delivery:
 
 
 class Api(Protocol):
-    async def send(self, request: ApiRequest) -> ApiResponse: ...
+    async def send(
+        self, request: ApiRequest, reserved: Reservation | None = None
+    ) -> ApiResponse: ...
 
 
 class Outbox(Protocol):
@@ -153,10 +157,15 @@ class Pipeline:
         started: float,
     ) -> tuple[str, str]:
         """Work the command; return its outcome and error code, for metrics."""
-        token = None
+        prepared = _prepare(spec, delivery)
+        token, reservation = None, None
         if deduplicate:
             claim = await claim_when_free(
-                self._outcomes, command_id, fresh=bool(delivery.headers.get(REPLAY_HEADER))
+                self._outcomes,
+                command_id,
+                fresh=bool(delivery.headers.get(REPLAY_HEADER)),
+                # Invalid input must not spend API budget.
+                reserve=not isinstance(prepared, WorkerError),
             )
             if isinstance(claim, Recorded):
                 # An empty record: the command's only announcement is its job's own events.
@@ -164,11 +173,13 @@ class Pipeline:
                     await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)
                 log.info("duplicate command: answered from its recorded outcome")
                 return "duplicate", ""
-            token = claim.token
+            token, reservation = claim.token, claim.reservation
         else:
             log.warning("command has no message_id; it cannot be deduplicated")
         try:
-            event, reason, status, command = await self._outcome(spec, delivery, command_id)
+            event, reason, status, command = await self._outcome(
+                spec, delivery, command_id, prepared, reservation
+            )
         except Exception as exc:
             if token is not None:
                 await self._outcomes.release(command_id, token)
@@ -249,17 +260,20 @@ class Pipeline:
         )
 
     async def _outcome(
-        self, spec: CommandSpec | None, delivery: Delivery, command_id: str
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        command_id: str,
+        prepared: Prepared | WorkerError,
+        reservation: Reservation | None,
     ) -> tuple[Event | None, WorkerError | None, int | None, Command | None]:
         """The event (None when the job's own events will speak), the error, the status."""
         try:
-            if spec is None:
-                raise UnknownCommand(
-                    "No command is bound to this routing key.", target="routingKey"
-                )
-            _check_content_type(delivery.content_type)
-            command = spec.parse(delivery.body)
-            response = await self._api.send(spec.request(command))
+            if isinstance(prepared, WorkerError):
+                raise prepared
+            command, request = prepared
+            assert spec is not None  # a prepared command has a spec
+            response = await self._api.send(request, reservation)
             result = _inner_object(response, spec)
         except WorkerError as error:
             return self._failure(spec, delivery, command_id, error), error, error.status, None
@@ -274,6 +288,21 @@ class Pipeline:
             now=self._now(),
         )
         return event, None, response.status, command
+
+
+Prepared = tuple[Command, ApiRequest]
+
+
+def _prepare(spec: CommandSpec | None, delivery: Delivery) -> Prepared | WorkerError:
+    """Everything about the command that needs no I/O: a known key, JSON, a valid body."""
+    try:
+        if spec is None:
+            raise UnknownCommand("No command is bound to this routing key.", target="routingKey")
+        _check_content_type(delivery.content_type)
+        command = spec.parse(delivery.body)
+        return command, spec.request(command)
+    except WorkerError as error:
+        return error
 
 
 def _check_content_type(content_type: str | None) -> None:

@@ -8,6 +8,10 @@ delivery tries again.
 
 `RedisOutcomes` is shared by every replica. `MemoryOutcomes` is for a single replica only: two
 processes with their own memory would each work a command delivered to both.
+
+A claim may also `reserve` the command's first API slot: with the Redis limiter, the lease and
+the slot are taken in one script, one round trip fewer per command (each redis-py call costs
+~80 µs of CPU, about 5 % of the worker's budget per command).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from service.limiter import LIMITER_LUA, RedisLimiter, Reservation
 from service.redis_keys import RedisKeys
 
 
@@ -34,9 +39,11 @@ class Recorded:
 
 @dataclass(frozen=True)
 class Leased:
-    """We may work on the command; pass `token` back to record or release."""
+    """We may work on the command; pass `token` back to record or release. `reservation` is
+    its first API slot, when one was asked for and the store could take it in passing."""
 
     token: str
+    reservation: Reservation | None = None
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,9 @@ Claim = Recorded | Leased | Busy
 
 
 class OutcomeStore(Protocol):
-    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
-        """Recorded, Busy or Leased; `fresh` ignores a recorded outcome (an operator's replay)."""
+    async def claim(self, command_id: str, *, fresh: bool = False, reserve: bool = False) -> Claim:
+        """Recorded, Busy or Leased; `fresh` ignores a recorded outcome (an operator's replay);
+        `reserve` asks for the first API slot along with the lease (a hint: may be ignored)."""
         ...
 
     async def record(self, command_id: str, token: str, event: bytes) -> None: ...
@@ -60,11 +68,11 @@ class OutcomeStore(Protocol):
 
 
 async def claim_when_free(
-    store: OutcomeStore, command_id: str, *, fresh: bool = False
+    store: OutcomeStore, command_id: str, *, fresh: bool = False, reserve: bool = False
 ) -> Recorded | Leased:
     """Claim the id, waiting while another worker holds its lease (it ends or it expires)."""
     while True:
-        claim = await store.claim(command_id, fresh=fresh)
+        claim = await store.claim(command_id, fresh=fresh, reserve=reserve)
         if not isinstance(claim, Busy):
             return claim
         await asyncio.sleep(min(max(claim.remaining, 0.05), 1.0))
@@ -87,7 +95,7 @@ class MemoryOutcomes:
         self._outcomes: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._leases: dict[str, tuple[float, str]] = {}
 
-    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
+    async def claim(self, command_id: str, *, fresh: bool = False, reserve: bool = False) -> Claim:
         now = self._clock()
         outcome = self._outcomes.get(command_id)
         if outcome is not None and outcome[0] > now and not fresh:
@@ -112,14 +120,21 @@ class MemoryOutcomes:
             del self._leases[command_id]
 
 
-# KEYS: outcome, lease. ARGV: token, lease ms, fresh ('1' ignores a recorded outcome).
-# Returns {'recorded', event} | {'leased', ''} | {'busy', pttl}.
-_CLAIM = """
+# KEYS: outcome, lease[, limiter]. ARGV: token, lease ms, fresh ('1' ignores a recorded
+# outcome)[, then the limiter's arguments: a leased claim also reserves the first API slot].
+# Returns {'recorded', event} | {'leased', slot wait or ''} | {'busy', pttl}.
+_CLAIM = (
+    LIMITER_LUA
+    + """
 local event = ARGV[3] ~= '1' and redis.call('GET', KEYS[1])
 if event then return {'recorded', event} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'leased', ''} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if KEYS[3] then return {'leased', limiter(KEYS[3], ARGV, 4)} end
+  return {'leased', ''}
+end
 return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
 """
+)
 # KEYS: outcome, lease. ARGV: token, event ('' to only release), ttl ms.
 _FINISH = """
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
@@ -131,23 +146,37 @@ return 1
 class RedisOutcomes:
     """Records shared by every replica: one script round trip per claim and per finish."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, ttl: float, lease: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        ttl: float,
+        lease: float,
+        limiter: RedisLimiter | None = None,
+    ) -> None:
         self._keys = keys
+        self._limiter = limiter
         self._ttl_ms = str(int(ttl * 1000))
         self._lease_ms = str(int(lease * 1000))
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
 
-    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
+    async def claim(self, command_id: str, *, fresh: bool = False, reserve: bool = False) -> Claim:
         token = uuid.uuid4().hex
-        state, value = await self._claim(
-            keys=[self._keys.outcome(command_id), self._keys.lease(command_id)],
-            args=[token, self._lease_ms, "1" if fresh else "0"],
-        )
+        keys = [self._keys.outcome(command_id), self._keys.lease(command_id)]
+        args = [token, self._lease_ms, "1" if fresh else "0"]
+        limiter = self._limiter if reserve else None
+        if limiter is not None:
+            keys.append(limiter.key)
+            args += limiter.arguments()
+            asked = limiter.now()
+        state, value = await self._claim(keys=keys, args=args)
         if state == b"recorded":
             return Recorded(bytes(value))
         if state == b"leased":
-            return Leased(token)
+            if limiter is None:
+                return Leased(token)
+            return Leased(token, Reservation(asked, limiter.now(), float(value)))
         return Busy(max(int(value), 0) / 1000)
 
     async def record(self, command_id: str, token: str, event: bytes) -> None:

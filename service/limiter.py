@@ -93,11 +93,27 @@ def pause(buckets: Sequence[Bucket], state: State, until: float) -> State:
     return State((first, *rest), max(state.paused_until, until))
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A start slot `wait` seconds ahead, possibly reserved before the call it is for (in the
+    same Redis round trip as the command's idempotency claim).
+
+    The round trip blurs when "now" was for the store, so both ends are kept: the caller
+    sleeps from `answered` (never starting early) and is late if past `asked` + wait + lateness
+    allowed (never crowding the next slot).
+    """
+
+    asked: float
+    answered: float
+    wait: float
+
+
 class Limiter(Protocol):
     """What the API client needs: wait for a token, and pause everyone after a 429."""
 
-    async def acquire(self) -> float:
-        """Wait until a call may start; return the seconds waited."""
+    async def acquire(self, reserved: Reservation | None = None) -> float:
+        """Wait until a call may start (at `reserved`'s slot if given and still good); return
+        the seconds waited."""
         ...
 
     async def pause(self, seconds: float) -> None:
@@ -127,17 +143,23 @@ class _SleepingLimiter:
         # at high rates a tighter bound would never let anyone through.
         self._lateness_allowed = max(self._buckets[0].interval / 2, MIN_LATENESS_SECONDS)
 
-    async def acquire(self) -> float:
+    def now(self) -> float:
+        return self._timer()
+
+    async def acquire(self, reserved: Reservation | None = None) -> float:
         started = self._timer()
         while True:
-            asked = self._timer()
-            wait = await self._reserve()
-            if wait > 0:
-                await self._sleep(wait)
+            if reserved is None:
+                asked = self._timer()
+                wait = await self._reserve()
+                reserved = Reservation(asked, self._timer(), wait)
+            slot, reserved = reserved, None
+            if slot.wait > 0:
+                await self._sleep(max(slot.answered + slot.wait - self._timer(), 0.0))
                 # A 429 seen by any replica while we slept invalidates our reservation.
                 if await self._pause_remaining() > 0:
                     continue
-            if self._timer() - (asked + wait) <= self._lateness_allowed:
+            if self._timer() - (slot.asked + slot.wait) <= self._lateness_allowed:
                 return self._timer() - started
 
     async def _reserve(self) -> float:
@@ -172,53 +194,58 @@ class LocalLimiter(_SleepingLimiter):
         self._state = pause(self._buckets, self._state, self._clock() + seconds)
 
 
-# The same arithmetic as `reserve` and `pause`, atomically on Redis's clock (ARGV[2] = '' ) or
-# on a given clock (tests). Numbers go out as strings: Redis truncates Lua numbers to integers.
-# ARGV: mode, now, pause seconds, then interval and tolerance of each bucket.
-_SCRIPT = """
-local function fmt(x) return string.format('%.6f', x) end
-local mode = ARGV[1]
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[2])
+# The same arithmetic as `reserve` and `pause`, atomically on Redis's clock (now = '') or on a
+# given clock (tests), as a Lua function other scripts can include (see `idempotency`).
+# Numbers go out as strings: Redis truncates Lua numbers to integers.
+# argv[first...]: mode, now, pause seconds, then interval and tolerance of each bucket.
+LIMITER_LUA = """
+local function limiter(key, argv, first)
+  local function fmt(x) return string.format('%.6f', x) end
+  local function arg(i) return argv[first + i - 1] end
+  local mode = arg(1)
+  local now
+  if arg(2) == '' then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  else
+    now = tonumber(arg(2))
+  end
+  local n = (#argv - first - 2) / 2
+  local fields = {'paused_until'}
+  for i = 1, n do fields[#fields + 1] = 'tat' .. i end
+  local stored = redis.call('HMGET', key, unpack(fields))
+  local paused_until = tonumber(stored[1]) or 0
+  local tats = {}
+  for i = 1, n do tats[i] = tonumber(stored[i + 1]) or 0 end
+  if mode == 'check' then
+    return fmt(math.max(paused_until - now, 0))
+  end
+  local result
+  if mode == 'pause' then
+    local untl = now + tonumber(arg(3))
+    tats[1] = math.max(tats[1], untl + tonumber(arg(5)))
+    paused_until = math.max(paused_until, untl)
+    result = paused_until - now
+  else
+    local start = now
+    for i = 1, n do start = math.max(start, tats[i] - tonumber(arg(3 + 2 * i))) end
+    for i = 1, n do tats[i] = math.max(tats[i], start) + tonumber(arg(2 + 2 * i)) end
+    result = start - now
+  end
+  local latest = paused_until
+  local update = {'paused_until', fmt(paused_until)}
+  for i = 1, n do
+    update[#update + 1] = 'tat' .. i
+    update[#update + 1] = fmt(tats[i])
+    latest = math.max(latest, tats[i])
+  end
+  redis.call('HSET', key, unpack(update))
+  -- Once every tat has passed, the state equals a missing key: let it expire then.
+  redis.call('PEXPIRE', key, math.ceil((latest - now) * 1000) + 1000)
+  return fmt(result)
 end
-local n = (#ARGV - 3) / 2
-local fields = {'paused_until'}
-for i = 1, n do fields[#fields + 1] = 'tat' .. i end
-local stored = redis.call('HMGET', KEYS[1], unpack(fields))
-local paused_until = tonumber(stored[1]) or 0
-local tats = {}
-for i = 1, n do tats[i] = tonumber(stored[i + 1]) or 0 end
-if mode == 'check' then
-  return fmt(math.max(paused_until - now, 0))
-end
-local result
-if mode == 'pause' then
-  local untl = now + tonumber(ARGV[3])
-  tats[1] = math.max(tats[1], untl + tonumber(ARGV[5]))
-  paused_until = math.max(paused_until, untl)
-  result = paused_until - now
-else
-  local start = now
-  for i = 1, n do start = math.max(start, tats[i] - tonumber(ARGV[3 + 2 * i])) end
-  for i = 1, n do tats[i] = math.max(tats[i], start) + tonumber(ARGV[2 + 2 * i]) end
-  result = start - now
-end
-local latest = paused_until
-local update = {'paused_until', fmt(paused_until)}
-for i = 1, n do
-  update[#update + 1] = 'tat' .. i
-  update[#update + 1] = fmt(tats[i])
-  latest = math.max(latest, tats[i])
-end
-redis.call('HSET', KEYS[1], unpack(update))
--- Once every tat has passed, the state equals a missing key: let it expire then.
-redis.call('PEXPIRE', KEYS[1], math.ceil((latest - now) * 1000) + 1000)
-return fmt(result)
 """
+_SCRIPT = LIMITER_LUA + "return limiter(KEYS[1], ARGV, 1)"
 
 
 class RedisLimiter(_SleepingLimiter):
@@ -241,12 +268,17 @@ class RedisLimiter(_SleepingLimiter):
         for bucket in buckets:
             self._bucket_args += [repr(bucket.interval), repr(bucket.tolerance)]
 
-    async def _run(self, mode: str, seconds: float = 0.0) -> float:
+    @property
+    def key(self) -> str:
+        return self._key
+
+    def arguments(self, mode: str = "reserve", seconds: float = 0.0) -> list[str]:
+        """`LIMITER_LUA`'s arguments for one operation."""
         now = "" if self._clock is None else repr(self._clock())
-        result = await self._script(
-            keys=[self._key], args=[mode, now, repr(seconds), *self._bucket_args]
-        )
-        return float(result)
+        return [mode, now, repr(seconds), *self._bucket_args]
+
+    async def _run(self, mode: str, seconds: float = 0.0) -> float:
+        return float(await self._script(keys=[self._key], args=self.arguments(mode, seconds)))
 
     async def _reserve(self) -> float:
         return await self._run("reserve")
