@@ -128,6 +128,11 @@ class _SleepingLimiter:
     Redis) later than half an interval after its slot would crowd the callers scheduled after
     it, so it takes a new slot instead. That keeps the guarantee at the API's end, where the
     calls arrive, on a loaded machine too.
+
+    Each new slot allows twice the lateness of the one before: a process so starved (a CPU
+    limit's throttling, a debugger, valgrind) that no Redis round trip ever comes back in time
+    must not re-reserve for ever. Starts then arrive up to that lateness D after their slots,
+    so a window may see rate·D calls more: none while D stays under an interval.
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class _SleepingLimiter:
 
     async def acquire(self, reserved: Reservation | None = None) -> float:
         started = self._timer()
+        allowed = self._lateness_allowed
         while True:
             if reserved is None:
                 asked = self._timer()
@@ -159,8 +165,9 @@ class _SleepingLimiter:
                 # A 429 seen by any replica while we slept invalidates our reservation.
                 if await self._pause_remaining() > 0:
                     continue
-            if self._timer() - (slot.asked + slot.wait) <= self._lateness_allowed:
+            if self._timer() - (slot.asked + slot.wait) <= allowed:
                 return self._timer() - started
+            allowed *= 2
 
     async def _reserve(self) -> float:
         raise NotImplementedError

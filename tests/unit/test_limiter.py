@@ -184,3 +184,17 @@ async def test_a_stale_reservation_is_replaced_by_a_fresh_slot() -> None:
     await limiter.acquire(Reservation(asked=100.0, answered=100.0, wait=0.0))
     assert clock.sleeps == []
     assert limiter._state.tats == pytest.approx((101.25,)), "a fresh slot was reserved"
+
+
+async def test_a_starved_process_is_let_through_after_a_few_new_slots() -> None:
+    clock = FakeClock()
+
+    class SlowStore(LocalLimiter):
+        async def _reserve(self) -> float:
+            clock.now += 0.05  # every round trip takes 50 ms: far beyond the 10 ms allowed
+            return await super()._reserve()
+
+    limiter = SlowStore((Bucket(rate=100_000, burst=1),), clock=clock, sleep=clock.sleep)
+    waited = await limiter.acquire()
+    # Allowed lateness 10, 20, 40, 80 ms: the fourth slot is taken, 4 round trips later.
+    assert waited == pytest.approx(0.2)
