@@ -2,6 +2,11 @@
 
 Every publish is persistent and waits for the broker's confirm, so when the pipeline returns
 (and the command is acked) its event is safely in RabbitMQ.
+
+Events, one per command, go straight to the aio-pika exchange FastStream declared (its robust
+channel, with confirms): FastStream's publish-command layer cost 4 % of the worker's
+instructions per command (`./dev bench instructions`: 4.30 M -> 4.12 M). The rarer publishes
+(replies, delays, dead letters, polls) go through FastStream.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from aio_pika import DeliveryMode, Message
+from aio_pika.abc import AbstractExchange
 from faststream.rabbit import RabbitBroker, RabbitExchange
 
 from service.errors import WorkerError
@@ -33,20 +40,29 @@ class BrokerOutbox:
         self._broker = broker
         self._topology = topology
         self._own_queue_prefix = topology.settings.queue_prefix
+        self._events: AbstractExchange | None = None
 
     async def publish(self, event: EncodedEvent, reply_to: str | None) -> None:
-        await self._publish_event(event, self._topology.events, event.type)
+        if self._events is None:
+            self._events = await self._broker.declare_exchange(self._topology.events)
+        message = Message(
+            event.body,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=event.event_id,
+            correlation_id=event.correlation_id,
+            type=event.type,
+            content_type=JSON,
+            timestamp=datetime.now(UTC),
+        )
+        await self._events.publish(message, routing_key=event.type, mandatory=False)
         # A reply_to naming one of our own queues would feed our event back in as a command.
         if reply_to and not reply_to.startswith(self._own_queue_prefix):
-            await self._publish_event(event, None, reply_to)
+            await self._reply(event, reply_to)
 
-    async def _publish_event(
-        self, event: EncodedEvent, exchange: RabbitExchange | None, routing_key: str
-    ) -> None:
+    async def _reply(self, event: EncodedEvent, reply_to: str) -> None:
         await self._broker.publish(
             event.body,
-            exchange=exchange,
-            routing_key=routing_key,
+            routing_key=reply_to,
             persist=True,
             mandatory=False,
             message_id=event.event_id,
