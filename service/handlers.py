@@ -157,7 +157,11 @@ class Pipeline:
         started: float,
     ) -> tuple[str, str]:
         """Work the command; return its outcome and error code, for metrics."""
-        prepared = _prepare(spec, delivery)
+        prepared: Prepared | Exception
+        try:
+            prepared = _prepare(spec, delivery)
+        except Exception as exc:  # a bug in validation: re-raised below, where the poison
+            prepared = exc  # bound turns a crash on the last delivery into an event
         token, reservation = None, None
         if deduplicate:
             claim = await claim_when_free(
@@ -165,7 +169,7 @@ class Pipeline:
                 command_id,
                 fresh=bool(delivery.headers.get(REPLAY_HEADER)),
                 # Invalid input must not spend API budget.
-                reserve=not isinstance(prepared, WorkerError),
+                reserve=not isinstance(prepared, Exception),
             )
             if isinstance(claim, Recorded):
                 # An empty record: the command's only announcement is its job's own events.
@@ -264,12 +268,12 @@ class Pipeline:
         spec: CommandSpec | None,
         delivery: Delivery,
         command_id: str,
-        prepared: Prepared | WorkerError,
+        prepared: Prepared | Exception,
         reservation: Reservation | None,
     ) -> tuple[Event | None, WorkerError | None, int | None, Command | None]:
         """The event (None when the job's own events will speak), the error, the status."""
         try:
-            if isinstance(prepared, WorkerError):
+            if isinstance(prepared, Exception):
                 raise prepared
             command, request = prepared
             assert spec is not None  # a prepared command has a spec

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from pydantic import field_validator
 
 from service.api import ApiResponse
 from service.commands import BY_ROUTING_KEY, ApiRequest
@@ -21,6 +23,7 @@ from service.handlers import (
 from service.idempotency import Claim, Leased, MemoryOutcomes
 from service.jobs import JobFollower
 from service.limiter import Reservation
+from service.messages import CreateWorkspace
 from service.metrics import Metrics
 
 WORKSPACE = {"id": "w1", "name": "w", "createdDateTime": "2026-01-01T00:00:00Z"}
@@ -171,6 +174,23 @@ async def test_a_crash_is_redelivered_until_the_last_delivery_then_becomes_an_ev
     assert (error["code"], error["retriable"]) == ("RetriesExhausted", False)
     assert "RuntimeError" in error["message"]
     assert outbox.dead == ["RetriesExhausted"]
+
+
+async def test_a_crash_in_validation_is_bounded_like_any_other() -> None:
+    class Crashing(CreateWorkspace):
+        @field_validator("name")
+        @classmethod
+        def _bug(cls, value: str) -> str:
+            raise RuntimeError("validator bug")  # not a ValueError: pydantic lets it out
+
+    spec = replace(SPEC, model=Crashing)
+    api, outbox = FakeApi(), FakeOutbox()
+    worker = pipeline(api, outbox, delivery_limit=3)
+    with pytest.raises(RuntimeError):
+        await worker.handle(spec, delivery(headers={DELIVERY_COUNT_HEADER: 2}))
+    await worker.handle(spec, delivery(headers={DELIVERY_COUNT_HEADER: 3}))
+    assert api.requests == []
+    assert outbox.published[0]["error"]["code"] == "RetriesExhausted"
 
 
 async def test_invalid_command_costs_no_call() -> None:
