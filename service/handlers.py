@@ -160,8 +160,8 @@ class Pipeline:
         prepared: Prepared | Exception
         try:
             prepared = _prepare(spec, delivery)
-        except Exception as exc:  # a bug in validation: re-raised below, where the poison
-            prepared = exc  # bound turns a crash on the last delivery into an event
+        except Exception as exc:  # re-raised in `_outcome`: a refusal becomes its event, a bug
+            prepared = exc  # in validation meets the poison bound like any other crash
         token, reservation = None, None
         if deduplicate:
             claim = await claim_when_free(
@@ -297,16 +297,13 @@ class Pipeline:
 Prepared = tuple[Command, ApiRequest]
 
 
-def _prepare(spec: CommandSpec | None, delivery: Delivery) -> Prepared | WorkerError:
+def _prepare(spec: CommandSpec | None, delivery: Delivery) -> Prepared:
     """Everything about the command that needs no I/O: a known key, JSON, a valid body."""
-    try:
-        if spec is None:
-            raise UnknownCommand("No command is bound to this routing key.", target="routingKey")
-        _check_content_type(delivery.content_type)
-        command = spec.parse(delivery.body)
-        return command, spec.request(command)
-    except WorkerError as error:
-        return error
+    if spec is None:
+        raise UnknownCommand("No command is bound to this routing key.", target="routingKey")
+    _check_content_type(delivery.content_type)
+    command = spec.parse(delivery.body)
+    return command, spec.request(command)
 
 
 def _check_content_type(content_type: str | None) -> None:

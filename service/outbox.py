@@ -40,11 +40,11 @@ class BrokerOutbox:
         self._broker = broker
         self._topology = topology
         self._own_queue_prefix = topology.settings.queue_prefix
-        self._events: AbstractExchange | None = None
+        self.events: AbstractExchange | None = None
+        """The events exchange, declared by the worker at start-up."""
 
     async def publish(self, event: EncodedEvent, reply_to: str | None) -> None:
-        if self._events is None:
-            self._events = await self._broker.declare_exchange(self._topology.events)
+        assert self.events is not None, "the worker declares the events exchange at start"
         message = Message(
             event.body,
             delivery_mode=DeliveryMode.PERSISTENT,
@@ -54,7 +54,7 @@ class BrokerOutbox:
             content_type=JSON,
             timestamp=datetime.now(UTC),
         )
-        await self._events.publish(message, routing_key=event.type, mandatory=False)
+        await self.events.publish(message, routing_key=event.type, mandatory=False)
         # A reply_to naming one of our own queues would feed our event back in as a command.
         if reply_to and not reply_to.startswith(self._own_queue_prefix):
             await self._reply(event, reply_to)
