@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,10 @@ from bench.throughput import Bench, Options, open_bench
 FINISHED_MARKER = '"command finished"'
 # Start-up under valgrind takes about a minute; a window of a few hundred commands about 30 s.
 START_TIMEOUT_SECONDS = 600.0
-BACKLOG_MARGIN = 2.0
+# Uninstrumented, the worker runs only a few times slower than natively: until callgrind_control
+# switches counting on, it drains hundreds of commands. The backlog leaves room for that.
+BACKLOG = 3000
+STALL_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,24 @@ async def callgrind_control(*args: str) -> None:
         raise RuntimeError(f"callgrind_control {' '.join(args)} failed")
 
 
+async def wait_for_commands(log: Path, target: int) -> None:
+    """Until the log shows `target` finished commands; fail when they stop coming."""
+    seen, last_progress = finished(log), time.monotonic()
+    while seen < target:
+        await asyncio.sleep(0.2)
+        now_seen = finished(log)
+        if now_seen > seen:
+            seen, last_progress = now_seen, time.monotonic()
+        elif time.monotonic() - last_progress > STALL_SECONDS:
+            raise RuntimeError(
+                f"no command finished for {STALL_SECONDS:g} s at {seen} of {target}: "
+                "the backlog ran out before the window, or the worker is stuck"
+            )
+
+
 async def count_once(bench: Bench, workdir: Path, run: int, source: Path | None) -> Count:
     window = bench.options.commands
-    await publish_backlog(bench.producer, int(window * BACKLOG_MARGIN) + 100)
+    await publish_backlog(bench.producer, BACKLOG + window)
     # Everything crawls under valgrind: keep the API timeout from turning slowness into errors.
     settings = bench.worker_settings().model_copy(
         update={
@@ -123,9 +142,7 @@ async def count_once(bench: Bench, workdir: Path, run: int, source: Path | None)
         await child.ready(within=START_TIMEOUT_SECONDS)
         await callgrind_control("--instr=on", str(child.pid))
         start = finished(log)
-        async with asyncio.timeout(START_TIMEOUT_SECONDS):
-            while finished(log) < start + window:  # noqa: ASYNC110 - polling a log file
-                await asyncio.sleep(0.2)
+        await wait_for_commands(log, start + window)
         await callgrind_control("--dump", str(child.pid))
         end = finished(log)
     finally:
