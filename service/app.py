@@ -30,7 +30,7 @@ from service.probes import Probes
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
 from service.topology import Topology
-from service.transport import AiohttpTransport
+from service.transport import HttpTransport
 
 log = structlog.get_logger("itwin_worker.app")
 
@@ -99,7 +99,7 @@ class Worker:
         timeout = httpx.Timeout(
             settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
         )
-        transport = AiohttpTransport(max_connections=settings.prefetch + 8)
+        transport = HttpTransport(max_connections=settings.prefetch + 8)
         # The token endpoint is called rarely: a plain client on the same connection pool.
         self.http = httpx.AsyncClient(
             timeout=timeout, transport=transport, headers={"User-Agent": USER_AGENT}
