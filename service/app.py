@@ -6,6 +6,7 @@ each command queue gets the same small consumer, which hands the delivery to the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +15,6 @@ import structlog
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitMessage, RabbitQueue
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.api import USER_AGENT, ApiClient, RetryPolicy
@@ -28,6 +28,7 @@ from service.metrics import Metrics
 from service.outbox import ROUTING_KEY_HEADER, BrokerOutbox
 from service.probes import Probes
 from service.redis_keys import RedisKeys
+from service.redis_scripts import ScriptConnection
 from service.settings import Settings, SettingsError
 from service.topology import Topology
 from service.transport import HttpTransport
@@ -104,7 +105,7 @@ class Worker:
         self.http = httpx.AsyncClient(
             timeout=timeout, transport=transport, headers={"User-Agent": USER_AGENT}
         )
-        self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self.redis = ScriptConnection(settings.redis_url) if settings.redis_url else None
         self.keys = RedisKeys(settings.redis_prefix)
         self.tokens = TokenProvider(
             self.http, credentials_from(settings), settings.token_refresh_margin_seconds
@@ -187,8 +188,9 @@ class Worker:
         }
         if self.redis is not None:
             try:
-                checks["redis"] = bool(await self.redis.ping())
-            except (OSError, RedisError):
+                async with asyncio.timeout(1.0):
+                    checks["redis"] = await self.redis.call("PING") == b"PONG"
+            except (OSError, RedisError, TimeoutError):
                 checks["redis"] = False
         return checks
 

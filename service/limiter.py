@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.asyncio import Redis
-
 from service.redis_keys import RedisKeys
+from service.redis_scripts import ScriptConnection
 
 Sleep = Callable[[float], Awaitable[None]]
 MIN_LATENESS_SECONDS = 0.01
@@ -260,14 +259,13 @@ class RedisLimiter(_SleepingLimiter):
 
     def __init__(
         self,
-        redis: Redis,
+        redis: ScriptConnection,
         keys: RedisKeys,
         buckets: Sequence[Bucket],
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(buckets, sleep)
-        self._redis = redis
         self._key = keys.limiter
         self._script = redis.register_script(_SCRIPT)
         self._clock = clock
