@@ -43,6 +43,7 @@ class _Protocol(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._transport: asyncio.Transport | None = None
+        self._outgoing: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,11 +76,21 @@ class _Protocol(asyncio.Protocol):
         assert self._transport is not None
         if self.closed:
             raise ConnectionError("Connection to Redis lost.")
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiting.append(waiter)
+        if not self._outgoing:
+            # Calls made in the same turn of the loop leave in one write: on loopback a send
+            # costs tens of µs of kernel time, more than the rest of a call.
+            loop.call_soon(self._flush)
         # hiredis's stub types the argument as a 1-tuple; it takes any length.
-        self._transport.write(hiredis.pack_command(tuple(arguments)))  # type: ignore[arg-type]
+        self._outgoing.append(hiredis.pack_command(tuple(arguments)))  # type: ignore[arg-type]
         return waiter
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if not self.closed and self._transport is not None:
+            self._transport.write(b"".join(outgoing))
 
     def close(self) -> None:
         self._lose(ConnectionError("Connection to Redis closed."))
