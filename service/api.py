@@ -11,6 +11,7 @@ answer was lost is never repeated: it ends as `OutcomeUnknown` instead of riskin
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -136,11 +137,17 @@ class ApiClient:
         self._transport = transport
         # Paths are built from percent-encoded parts and always start with '/'.
         self._base_url = base_url.rstrip("/")
+        # httpx parses a URL string in pure Python (~30 µs, 2 % of a command's CPU); a create
+        # command's path is the same every time, and an httpx.URL is immutable.
+        self._url = functools.lru_cache(maxsize=256)(self._parse_url)
         self._extensions = {"timeout": timeout.as_dict()}
         self._tokens = tokens
         self._limiter = limiter
         self._policy = policy
         self._now = now
+
+    def _parse_url(self, path: str) -> httpx.URL:
+        return httpx.URL(self._base_url + path)
 
     async def send(self, request: ApiRequest, reserved: Reservation | None = None) -> ApiResponse:
         """`reserved`: the first attempt's limiter slot, if one was reserved ahead."""
@@ -176,7 +183,7 @@ class ApiClient:
         status = 0
         http_request = httpx.Request(
             request.method,
-            self._base_url + request.path,
+            self._url(request.path),
             json=request.json,
             headers={
                 "Authorization": f"Bearer {token}",
