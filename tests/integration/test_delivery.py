@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 import signal
+import socket
 import subprocess
 import uuid
 from collections import defaultdict
@@ -213,3 +214,34 @@ async def test_broker_restart_mid_load_loses_nothing(
 
 def _rabbitmqctl(action: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", action], check=True, capture_output=True, timeout=120)
+
+
+async def test_a_crash_is_nacked_redelivered_to_the_limit_then_dead_lettered(
+    amqp_url: str, start_worker: StartWorker, sim: SimulatorHandle
+) -> None:
+    """Redis unreachable: every delivery fails before any work, so no event is published;
+    each failure is nacked back to the queue until the queue's delivery limit sends the
+    command, untouched, to the dead-letter queue."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    worker = await start_worker(redis_url=nowhere)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        command = body({"name": "crashing", "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc"})
+        command_id = await producer.publish("workspace.create", command)
+        dead: list[Any] = []
+        async with asyncio.timeout(30):
+            while not dead:
+                dead = [
+                    m
+                    for m in await drain_queue(amqp_url, "itwin-worker.dlq", quiet=0.5)
+                    if m.message_id == command_id
+                ]
+        assert dead[0].body == command
+        assert dead[0].headers["x-death"][0]["reason"] == "delivery_limit"
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await producer.event_for(command_id)
+    received = worker.metrics.commands_received.labels("workspace.create")._value.get()
+    assert received == worker.settings.delivery_limit + 1
+    assert sim.requests(kind="api") == []
