@@ -31,6 +31,8 @@ import httpx
 # end its line and start another: request smuggling. httpx does not refuse them itself.
 _UNSAFE = re.compile(rb"[\x00-\x1f\x7f]")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+# The API's answers are a few kB; a server streaming without end must not exhaust memory.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 Origin = tuple[str, str, int]
 
@@ -46,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self._request: httpx.Request | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._body_size = 0
         self._headers_done = False
         self._timer: asyncio.TimerHandle | None = None
         self._read_timeout: float | None = None
@@ -99,6 +102,10 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > MAX_BODY_BYTES:
+            self._fail(httpx.RemoteProtocolError(f"Answer larger than {MAX_BODY_BYTES} bytes."))
+            raise ValueError("stop parsing")  # llhttp stops at a callback's exception
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -112,7 +119,7 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None
         answer: asyncio.Future[httpx.Response] = self._loop.create_future()
         self._answer, self._request = answer, request
-        self._headers, self._body = [], []
+        self._headers, self._body, self._body_size = [], [], 0
         self._headers_done = False
         self._read_timeout = read_timeout
         self._transport.write(data)

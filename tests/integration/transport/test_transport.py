@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service import transport as transport_module
 from service.transport import HttpTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -221,6 +222,23 @@ async def test_garbage_is_a_protocol_error_and_the_connection_is_not_reused(
         await asyncio.sleep(0.05)
         assert (await client.get(f"{base}/")).content == b"ok"
     assert connections == 2
+
+
+async def test_an_answer_over_the_size_cap_is_refused(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "MAX_BODY_BYTES", 1000)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(_answer(b"x" * 1001))
+        await writer.drain()
+        writer.close()
+
+    server, base = await _serve(handler)
+    async with server:
+        with pytest.raises(httpx.RemoteProtocolError, match="larger than 1000 bytes"):
+            await client.get(f"{base}/")
 
 
 async def test_waiting_longer_than_the_pool_timeout_is_a_pool_timeout() -> None:
