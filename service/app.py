@@ -135,7 +135,12 @@ class Worker:
             outcomes,
             metrics=self.metrics,
             follower=self.follower,
-            policy=DeliveryPolicy(settings.retry_delays, settings.delivery_limit),
+            policy=DeliveryPolicy(
+                settings.retry_delays,
+                settings.delivery_limit,
+                crash_backoff=settings.retry_initial_seconds,
+                crash_backoff_max=settings.retry_max_seconds,
+            ),
         )
         self.probes = Probes(self.metrics, self.readiness)
         self._consuming = False

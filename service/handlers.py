@@ -12,6 +12,7 @@ command only after `handle` returns, that is after every publish here was confir
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -101,6 +102,13 @@ class DeliveryPolicy:
     """Delays before the command is tried again after a retriable failure, in order."""
     delivery_limit: int = 5
     """The queues' x-delivery-limit: on the last delivery a crash becomes a failure event."""
+    crash_backoff: float = 0.5
+    """Seconds to wait before a crashed delivery goes back to the queue, doubled with each
+    delivery up to `crash_backoff_max`."""
+    crash_backoff_max: float = 10.0
+
+    def crash_wait(self, delivery_count: int) -> float:
+        return min(self.crash_backoff_max, self.crash_backoff * 2.0 ** min(delivery_count, 62))
 
 
 class Pipeline:
@@ -144,6 +152,18 @@ class Pipeline:
         try:
             outcome, code = await self._handle(spec, delivery, command_id, deduplicate, started)
             self._metrics.commands_finished.labels(routing_key, outcome, code).inc()
+        except Exception:
+            # Back to the queue (the consumer nacks it). Waiting first makes a short outage of
+            # Redis or the broker cost a few slow redeliveries, not the whole delivery limit
+            # spent in milliseconds and the command dead-lettered.
+            count = delivery.header_int(DELIVERY_COUNT_HEADER)
+            wait = self._policy.crash_wait(count)
+            log.warning(
+                "command crashed; back to the queue", delivery_count=count, wait_s=wait,
+                exc_info=True,
+            )  # fmt: skip
+            await asyncio.sleep(wait)
+            raise
         finally:
             self._metrics.in_flight.dec()
             structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "routing_key")

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     retry_attempts: PositiveInt = 4
     """Attempts per command for transient failures (connect errors, 502/503/504)."""
     retry_initial_seconds: PositiveFloat = 0.5
+    """First back-off of an API retry, and of a crashed command's redelivery; doubles."""
     retry_max_seconds: PositiveFloat = 10.0
     token_refresh_margin_seconds: PositiveFloat = 300.0
 

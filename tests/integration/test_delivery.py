@@ -245,3 +245,37 @@ async def test_a_crash_is_nacked_redelivered_to_the_limit_then_dead_lettered(
     received = worker.metrics.commands_received.labels("workspace.create")._value.get()
     assert received == worker.settings.delivery_limit + 1
     assert sim.requests(kind="api") == []
+
+
+async def test_a_redis_outage_shorter_than_the_back_off_costs_no_command(
+    amqp_url: str, start_worker: StartWorker, sim: SimulatorHandle, tmp_path: Any
+) -> None:
+    """Redis comes up 1.5 s after the command arrives: the deliveries back off (0.25, 0.5,
+    1, ... s) instead of spending the delivery limit at once, and the command succeeds."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = await start_worker(
+        redis_url=f"redis://127.0.0.1:{port}/0", retry_initial_seconds=0.25, retry_max_seconds=2
+    )
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        command_id = await producer.publish(
+            "workspace.create",
+            body({"name": "outage", "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc"}),
+        )
+        await asyncio.sleep(1.5)
+        redis = await asyncio.create_subprocess_exec(
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path),
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(15):
+                event = await producer.event_for(command_id)
+        finally:
+            redis.terminate()
+            await redis.wait()
+    assert event["type"] == "workspace.created"
+    received = worker.metrics.commands_received.labels("workspace.create")._value.get()
+    assert 2 <= received <= worker.settings.delivery_limit
+    assert len(sim.requests(kind="api")) == 1

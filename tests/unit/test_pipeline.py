@@ -104,7 +104,9 @@ def pipeline(
         outcomes,
         metrics=Metrics(frozenset({"workspace.create"})),
         follower=JobFollower(api, outbox, outcomes, schedule=(15.0, 30.0)),
-        policy=DeliveryPolicy(**{"retry_delays": (), **policy}),
+        policy=DeliveryPolicy(
+            **{"retry_delays": (), "crash_backoff": 0.001, "crash_backoff_max": 0.001, **policy}
+        ),
     )
 
 
@@ -219,3 +221,9 @@ async def test_unknown_routing_keys_name_their_event_safely() -> None:
     await worker.handle(None, Delivery(body=b"{}", routing_key="a b/../#", message_id="u2"))
     assert [event["type"] for event in outbox.published] == ["thing.do.failed", "command.failed"]
     assert {event["error"]["code"] for event in outbox.published} == {"UnknownCommand"}
+
+
+def test_a_crashed_delivery_waits_longer_each_time_up_to_the_ceiling() -> None:
+    policy = DeliveryPolicy(crash_backoff=0.5, crash_backoff_max=10.0)
+    assert [policy.crash_wait(count) for count in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
+    assert policy.crash_wait(10_000) == 10.0
