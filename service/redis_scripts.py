@@ -32,6 +32,7 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
+from redis.exceptions import TimeoutError as RedisTimeout
 
 Argument = str | bytes | int | float
 
@@ -39,16 +40,21 @@ Argument = str | bytes | int | float
 class _Protocol(asyncio.Protocol):
     """Answers matched to calls in order; a lost connection fails every call still waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer_timeout: float) -> None:
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+        self._answer_timeout = answer_timeout
+        self._progress = self._loop.time()
+        """When the oldest waiting call was made or the last answer came."""
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have the interface without subclassing asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop.call_later(self._answer_timeout / 2, self._watch)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -56,6 +62,7 @@ class _Protocol(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
+        self._progress = self._loop.time()
         self._reader.feed(data)
         try:
             while (answer := self._reader.gets()) is not False:
@@ -76,7 +83,9 @@ class _Protocol(asyncio.Protocol):
         assert self._transport is not None
         if self.closed:
             raise ConnectionError("Connection to Redis lost.")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if not self._waiting:
+            self._progress = loop.time()
         waiter = loop.create_future()
         self._waiting.append(waiter)
         if not self._outgoing:
@@ -92,10 +101,19 @@ class _Protocol(asyncio.Protocol):
         if not self.closed and self._transport is not None:
             self._transport.write(b"".join(outgoing))
 
+    def _watch(self) -> None:
+        """A Redis that stops answering (hung, or gone without a FIN) fails its callers."""
+        if self.closed:
+            return
+        if self._waiting and self._loop.time() - self._progress > self._answer_timeout:
+            self._lose(RedisTimeout(f"No answer from Redis for {self._answer_timeout:g} s."))
+            return
+        self._loop.call_later(self._answer_timeout / 2, self._watch)
+
     def close(self) -> None:
         self._lose(ConnectionError("Connection to Redis closed."))
 
-    def _lose(self, error: ConnectionError) -> None:
+    def _lose(self, error: RedisError) -> None:
         self.closed = True
         if self._transport is not None:
             self._transport.close()
@@ -132,7 +150,9 @@ class Script:
 class ScriptConnection:
     """Connects on first use and again after a loss; the call that meets a loss fails."""
 
-    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, connect_timeout: float = 5.0, answer_timeout: float = 10.0
+    ) -> None:
         options = parse_url(url)
         self._kind = options.get("connection_class")
         self._host: str = options.get("host", "localhost")
@@ -142,6 +162,7 @@ class ScriptConnection:
         self._password: str | None = options.get("password")
         self._db: int = options.get("db", 0)
         self._connect_timeout = connect_timeout
+        self._answer_timeout = answer_timeout
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -186,12 +207,16 @@ class ScriptConnection:
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
+
+        def protocol_factory() -> _Protocol:
+            return _Protocol(self._answer_timeout)
+
         if self._kind is UnixDomainSocketConnection and self._path:
-            _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+            _, protocol = await loop.create_unix_connection(protocol_factory, self._path)
         else:
             tls = ssl.create_default_context() if self._kind is SSLConnection else None
             _, protocol = await loop.create_connection(
-                _Protocol,
+                protocol_factory,
                 self._host,
                 self._port,
                 ssl=tls,

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from service.redis_scripts import ScriptConnection
 from tests.integration.conftest import REDIS_URL
@@ -108,3 +109,29 @@ async def test_nobody_listening_is_a_connection_error() -> None:
     nowhere = ScriptConnection(f"redis://127.0.0.1:{port}/0")
     with pytest.raises(ConnectionError):
         await nowhere.call("PING")
+
+
+async def test_a_redis_that_stops_answering_fails_its_callers_in_time() -> None:
+    """A server that accepts and reads but never answers (a hung Redis, or one gone without a
+    FIN): the calls fail after the answer timeout, and the connection is replaced."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        hung = ScriptConnection(f"redis://127.0.0.1:{port}/0", answer_timeout=0.3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisTimeout):
+            await asyncio.gather(hung.call("PING"), hung.call("PING"))
+        assert asyncio.get_running_loop().time() - started < 2.0
+        with pytest.raises(RedisTimeout):
+            await hung.call("PING")
+        assert len(accepted) == 2
+        await hung.aclose()
+        for writer in accepted:
+            writer.close()
