@@ -109,6 +109,11 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:
+            # An interim answer (103 Early Hints from a proxy): the real one follows.
+            self._headers, self._body, self._body_size = [], [], 0
+            self._headers_done = False
+            return
         self._complete(keep_alive=self._parser.should_keep_alive())
 
     # one exchange

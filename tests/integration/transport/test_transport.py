@@ -150,6 +150,24 @@ async def test_chunked_and_close_delimited_bodies_are_read_whole(
             assert (await client.get(f"{base}/")).json() == expected
 
 
+async def test_an_interim_answer_is_passed_over_for_the_real_one(
+    client: httpx.AsyncClient,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")
+        writer.write(_answer(b"final", b"X-Final: yes"))
+        await writer.drain()
+        writer.close()
+
+    server, base = await _serve(handler)
+    async with server:
+        response = await client.get(f"{base}/")
+    assert (response.status_code, response.content) == (200, b"final")
+    assert "link" not in response.headers
+    assert response.headers["x-final"] == "yes"
+
+
 async def test_nobody_listening_is_a_connect_error(client: httpx.AsyncClient) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
