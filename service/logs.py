@@ -17,6 +17,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[redacted]"
+_PLAIN = frozenset({int, float, bool, type(None)})
 _SECRET_KEYS = re.compile(
     r"(secret|password|passwd|token|authorization|api[_-]?key|cookie)", re.IGNORECASE
 )
@@ -35,7 +36,21 @@ class SecretRedactor:
         self._known = tuple(secret for secret in known_secrets if len(secret) >= 4)
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        return {key: self._clean(key, value) for key, value in event_dict.items()}
+        changed: dict[str, Any] = {}
+        for key, value in event_dict.items():
+            # Inlined common cases: this runs for every key of every line (~1 % of the
+            # worker's CPU per command when it called `_clean` for each).
+            if _is_secret_key(key):
+                changed[key] = REDACTED
+            elif value.__class__ is str:
+                scrubbed = self.scrub(value)
+                if scrubbed is not value:
+                    changed[key] = scrubbed
+            elif value.__class__ not in _PLAIN:
+                changed[key] = self._clean(key, value)
+        if changed:
+            event_dict.update(changed)
+        return event_dict
 
     def _clean(self, key: str, value: Any) -> Any:
         if _is_secret_key(key):
@@ -46,7 +61,11 @@ class SecretRedactor:
             return {str(k): self._clean(str(k), v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self._clean("", item) for item in value]
-        return value
+        if value.__class__ in _PLAIN:
+            return value
+        # Anything else (an exception, a URL object) would be rendered through its repr: scrub
+        # that text instead of trusting the object.
+        return self.scrub(repr(value))
 
     def scrub(self, text: str) -> str:
         if "bearer" in text.lower():

@@ -41,3 +41,20 @@ def test_ordinary_fields_are_untouched() -> None:
         "attempts": 2,
         "token_count": 3,
     }
+
+
+def test_unusual_value_types_are_still_scrubbed() -> None:
+    class Text(str):
+        pass
+
+    event = redact(
+        header=Text("Bearer abc.def"),
+        pairs=[("x", "s3cr3t-value")],
+        error=ValueError("s3cr3t-value"),
+        flag=True,
+        nothing=None,
+    )
+    assert event["header"] == f"Bearer {REDACTED}"
+    assert event["pairs"] == [["x", REDACTED]]
+    assert event["error"] == f"ValueError('{REDACTED}')"
+    assert (event["flag"], event["nothing"]) == (True, None)
