@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -23,11 +24,20 @@ from redis.asyncio import Redis
 
 from service.app import Worker
 from service.producer import Producer
+from service.redis_scripts import ScriptConnection
 from service.settings import Settings, load_settings
 from service.simulator import SimulatorConfig, SimulatorHandle, running_simulator
 
 AMQP_BASE = os.environ.get("ITWIN_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 REDIS_URL = os.environ.get("ITWIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on (bound and released at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -53,6 +63,22 @@ async def redis_prefix() -> AsyncIterator[str]:
     async for key in redis.scan_iter(match=f"{prefix}:*"):
         await redis.delete(key)
     await redis.aclose()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """redis-py, to look at what the worker's own connection wrote."""
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def scripts() -> AsyncIterator[ScriptConnection]:
+    """The worker's own Redis connection."""
+    connection = ScriptConnection(REDIS_URL)
+    yield connection
+    await connection.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import asyncio
 import json
 import random
 import signal
-import socket
 import subprocess
 import uuid
 from collections import defaultdict
@@ -27,6 +26,7 @@ from tests.integration.conftest import (
     StartWorker,
     WorkerProcess,
     drain_queue,
+    free_port,
     worker_settings,
 )
 
@@ -222,9 +222,7 @@ async def test_a_crash_is_nacked_redelivered_to_the_limit_then_dead_lettered(
     """Redis unreachable: every delivery fails before any work, so no event is published;
     each failure is nacked back to the queue until the queue's delivery limit sends the
     command, untouched, to the dead-letter queue."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        nowhere = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
     worker = await start_worker(redis_url=nowhere)
     async with Producer(amqp_url, "itwin.commands") as producer:
         command = body({"name": "crashing", "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc"})
@@ -252,9 +250,7 @@ async def test_a_redis_outage_shorter_than_the_back_off_costs_no_command(
 ) -> None:
     """Redis comes up 1.5 s after the command arrives: the deliveries back off (0.25, 0.5,
     1, ... s) instead of spending the delivery limit at once, and the command succeeds."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     worker = await start_worker(
         redis_url=f"redis://127.0.0.1:{port}/0", retry_initial_seconds=0.25, retry_max_seconds=2
     )

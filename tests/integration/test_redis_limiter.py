@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -14,21 +13,6 @@ from service.idempotency import Busy, Leased, Recorded, RedisOutcomes
 from service.limiter import Bucket, RedisLimiter, State, pause, reserve
 from service.redis_keys import RedisKeys
 from service.redis_scripts import ScriptConnection
-from tests.integration.conftest import REDIS_URL
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def scripts() -> AsyncIterator[ScriptConnection]:
-    connection = ScriptConnection(REDIS_URL)
-    yield connection
-    await connection.aclose()
 
 
 class Clock:

@@ -4,9 +4,7 @@ order, whatever is cancelled or fails, and a lost connection is reported and rep
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -14,21 +12,7 @@ from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from service.redis_scripts import ScriptConnection
-from tests.integration.conftest import REDIS_URL
-
-
-@pytest.fixture
-async def scripts() -> AsyncIterator[ScriptConnection]:
-    connection = ScriptConnection(REDIS_URL)
-    yield connection
-    await connection.aclose()
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
+from tests.integration.conftest import REDIS_URL, free_port
 
 
 async def test_many_calls_in_flight_each_get_their_own_answer(scripts: ScriptConnection) -> None:
@@ -103,9 +87,7 @@ async def test_the_url_chooses_the_database_and_the_user(redis: Redis, redis_pre
 
 
 async def test_nobody_listening_is_a_connection_error() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     nowhere = ScriptConnection(f"redis://127.0.0.1:{port}/0")
     with pytest.raises(ConnectionError):
         await nowhere.call("PING")

@@ -28,6 +28,7 @@ from service.simulator import (
     running_simulator,
     serve,
 )
+from tests.integration.conftest import free_port
 
 OTHER_CLIENT = ("other-client", "other-secret")
 ITWIN_ID = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
@@ -1253,15 +1254,8 @@ def test_cli_names_the_bad_option() -> None:
         config_from_args(parser.parse_args(["--error-rate", "3"]))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_serve_runs_in_the_current_loop_until_cancelled() -> None:
-    port = _free_port()
+    port = free_port()
     task = asyncio.create_task(serve(SimulatorConfig(), "127.0.0.1", port))
     await asyncio.sleep(0)
 
