@@ -155,6 +155,8 @@ class ScriptConnection:
     ) -> None:
         options = parse_url(url)
         self._kind = options.get("connection_class")
+        # Loading the CA store takes milliseconds: once, not at every reconnection.
+        self._tls = ssl.create_default_context() if self._kind is SSLConnection else None
         self._host: str = options.get("host", "localhost")
         self._port: int = options.get("port", 6379)
         self._path: str | None = options.get("path")
@@ -214,13 +216,12 @@ class ScriptConnection:
         if self._kind is UnixDomainSocketConnection and self._path:
             _, protocol = await loop.create_unix_connection(protocol_factory, self._path)
         else:
-            tls = ssl.create_default_context() if self._kind is SSLConnection else None
             _, protocol = await loop.create_connection(
                 protocol_factory,
                 self._host,
                 self._port,
-                ssl=tls,
-                server_hostname=self._host if tls else None,
+                ssl=self._tls,
+                server_hostname=self._host if self._tls else None,
             )
         return protocol
 
