@@ -173,10 +173,14 @@ async def test_token_expiry_mid_load_costs_one_refresh(
 ) -> None:
     await start_worker(prefetch=64)
     async with Producer(amqp_url, "itwin.commands") as producer:
-        ids = [await producer.publish("workspace.create", body({"name": "w"})) for _ in range(400)]
+        # The expiry falls between two batches, so it is certain to come mid-load: a worker
+        # faster than the producer would otherwise have finished everything before it.
+        ids = [await producer.publish("workspace.create", body({"name": "w"})) for _ in range(100)]
         async with asyncio.timeout(60):
-            await producer.event_for(ids[100])
+            await producer.event_for(ids[-1])
             sim.expire_tokens()
+            for _ in range(300):
+                ids.append(await producer.publish("workspace.create", body({"name": "w"})))
             events = [await producer.event_for(command_id) for command_id in ids]
     assert {event["type"] for event in events} == {"workspace.created"}
     assert len(sim.requests(kind="token")) == 2, "one fetch at start, one refresh after expiry"
