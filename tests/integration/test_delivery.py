@@ -190,7 +190,9 @@ async def test_broker_restart_mid_load_loses_nothing(
             "test.events", durable=True, arguments={"x-queue-type": "quorum"}
         )
         await sink.bind("itwin.events", routing_key="#")
-    sim.configure(latency_ms=20)
+    # 32 commands in flight at 200 ms each: at most 160/s, so 600 take at least 3.75 s and
+    # the restart 1 s after the last publish falls mid-load however fast the worker is.
+    sim.configure(latency_ms=200)
     async with Producer(amqp_url, "itwin.commands") as producer:
         ids = [
             await producer.publish("workspace.create", body({"name": "w"}), reply=False)
