@@ -1,6 +1,8 @@
 """The iTwin Platform client: limiter, token, send, classify, retry — for every call.
 
-Every attempt takes a limiter token first, so the budget counts retries too. 429s wait on the
+Every attempt takes a limiter slot first, so the budget counts retries too, and only then the
+access token: a slot may be far ahead when a backlog waits, and a token taken before the wait
+could expire during it. 429s wait on the
 shared limiter (which the 429 paused) within a total wait budget, a 401 refreshes the token
 once, and failures that prove the request was not processed back off exponentially with full
 jitter for a bounded number of attempts. The retry loop is a few lines of our own: tenacity's
@@ -35,13 +37,11 @@ from service.errors import (
     WorkerError,
     classify_failure,
 )
+from service.http_client import TRANSPORT_ERRORS, never_sent
 from service.limiter import Limiter, Reservation
 from service.metrics import Metrics
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
-USER_AGENT = "itwin-worker"
-# Failures before the request left this machine: always safe to repeat.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 @dataclass(frozen=True)
@@ -117,31 +117,28 @@ class _Tries:
 class ApiClient:
     """Sends `ApiRequest`s; returns the API's document or raises a `WorkerError`.
 
-    Requests are httpx `Request`s handed straight to an httpx transport. `httpx.AsyncClient`'s
-    own layer (URL merging, cookie jar, redirect and auth flows, none of which this API uses)
-    measured about 10 % of the worker's CPU per command (bench/throughput, py-spy).
+    Requests go through one `httpx.AsyncClient` (see `service.http_client`: proxies, trust),
+    built here from percent-encoded paths and sent with `AsyncClient.send`.
     """
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        http: httpx.AsyncClient,
         tokens: TokenProvider,
         limiter: Limiter,
         policy: RetryPolicy,
         *,
         base_url: str,
-        timeout: httpx.Timeout,
         metrics: Metrics,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
-        self._transport = transport
+        self._http = http
         # Paths are built from percent-encoded parts and always start with '/'.
         self._base_url = base_url.rstrip("/")
         # httpx parses a URL string in pure Python (~30 µs, 2 % of a command's CPU); a create
         # command's path is the same every time, and an httpx.URL is immutable.
         self._url = functools.lru_cache(maxsize=256)(self._parse_url)
-        self._extensions = {"timeout": timeout.as_dict()}
         self._tokens = tokens
         self._limiter = limiter
         self._policy = policy
@@ -175,14 +172,14 @@ class ApiClient:
         self, request: ApiRequest, tries: _Tries, reserved: Reservation | None
     ) -> ApiResponse:
         metrics = self._metrics
-        # The token first: a fetch between the limiter's slot and the send would delay the
-        # send and crowd it into the next caller's slot.
-        token = await self._tokens.token()
         metrics.limiter_wait.observe(await self._limiter.acquire(reserved))
+        # After the wait: the token is fresh when the request leaves. A fetch here delays
+        # this one send; it happens once per token lifetime for the whole process.
+        token = await self._tokens.token()
         tries.sent += 1
         started = time.perf_counter()
         status = 0
-        headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "User-Agent": USER_AGENT}
+        headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
         body = None
         if request.json is not None:
             # What httpx's `json=` sends, at a third of its cost (13 µs there).
@@ -190,23 +187,15 @@ class ApiClient:
                 request.json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             ).encode()
             headers["Content-Type"] = "application/json"
-        http_request = httpx.Request(
-            request.method,
-            self._url(request.path),
-            content=body,
-            headers=headers,
-            extensions=self._extensions,
+        http_request = self._http.build_request(
+            request.method, self._url(request.path), content=body, headers=headers
         )
         try:
-            response = await self._transport.handle_async_request(http_request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            response = await self._http.send(http_request)
             status = response.status_code
-        except _NOT_SENT as exc:
-            raise TransientError(f"{type(exc).__name__} before the request was sent.") from None
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
+            if never_sent(exc):
+                raise TransientError(f"{type(exc).__name__} before the request was sent.") from None
             if request.method in IDEMPOTENT_METHODS:
                 raise TransientError(
                     f"{type(exc).__name__} while waiting for the answer."

@@ -17,10 +17,11 @@ from faststream.message import StreamMessage
 from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitMessage, RabbitQueue
 from redis.exceptions import RedisError
 
-from service.api import USER_AGENT, ApiClient, RetryPolicy
+from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
 from service.commands import COMMANDS, CommandSpec
 from service.handlers import Delivery, DeliveryPolicy, Pipeline
+from service.http_client import http_client
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.jobs import JobFollower
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
@@ -31,7 +32,6 @@ from service.redis_keys import RedisKeys
 from service.redis_scripts import ScriptConnection
 from service.settings import Settings, SettingsError
 from service.topology import Topology
-from service.transport import HttpTransport
 
 log = structlog.get_logger("itwin_worker.app")
 
@@ -97,13 +97,14 @@ class Worker:
             logger=None,
             apply_types=False,
         )
-        timeout = httpx.Timeout(
-            settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
-        )
-        transport = HttpTransport(max_connections=settings.prefetch + 8)
-        # The token endpoint is called rarely: a plain client on the same connection pool.
-        self.http = httpx.AsyncClient(
-            timeout=timeout, transport=transport, headers={"User-Agent": USER_AGENT}
+        # One client for the API and the token endpoint: the same proxies, trust and pool.
+        self.http = http_client(
+            timeout=httpx.Timeout(
+                settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
+            ),
+            max_connections=settings.prefetch + 8,
+            ca_bundle=settings.ca_bundle,
+            proxies_from_environment=settings.proxies_from_environment,
         )
         self.redis = ScriptConnection(settings.redis_url) if settings.redis_url else None
         self.keys = RedisKeys(settings.redis_prefix)
@@ -112,7 +113,7 @@ class Worker:
         )
         self.limiter = self._limiter()
         self.api = ApiClient(
-            transport,
+            self.http,
             self.tokens,
             self.limiter,
             RetryPolicy(
@@ -123,7 +124,6 @@ class Worker:
                 default_retry_after=settings.default_retry_after_seconds,
             ),
             base_url=str(settings.api_base_url),
-            timeout=timeout,
             metrics=self.metrics,
         )
         self.outbox = outbox = BrokerOutbox(self.broker, self.topology)

@@ -104,8 +104,10 @@ class TokenProvider:
             ) from None
         if not isinstance(value, str) or not value:
             raise Unauthorized("The token endpoint answered with an empty access_token.")
-        # Short-lived tokens (tests, some IdPs) get half their lifetime as margin instead.
-        margin = min(self._margin, lifetime / 2)
+        # Short-lived tokens (tests, some IdPs) get a tenth of their lifetime as margin: the
+        # token is taken just before each send, so the margin only has to cover one request's
+        # way to the API, and a larger one would fetch more often than once per lifetime.
+        margin = min(self._margin, lifetime / 10)
         return _Token(value, self._clock() + lifetime - margin)
 
 

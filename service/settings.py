@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AnyHttpUrl,
     Field,
+    FilePath,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -72,6 +73,13 @@ class Settings(BaseSettings):
     """Commands one worker process handles at once (the channel's prefetch count)."""
     delivery_limit: PositiveInt = 5
     """Redeliveries after which the broker dead-letters a command that keeps crashing us."""
+
+    ca_bundle: FilePath | None = None
+    """Extra PEM file of CAs trusted for the API and the token endpoint, besides the system's
+    (or `SSL_CERT_FILE` / `SSL_CERT_DIR`'s). TLS is always verified."""
+    proxies_from_environment: bool = True
+    """Read `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (any case) for the API and the
+    token endpoint, as standard clients do; false ignores them (direct connections)."""
 
     api_connect_timeout_seconds: PositiveFloat = 5.0
     api_read_timeout_seconds: PositiveFloat = 30.0

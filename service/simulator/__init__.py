@@ -14,7 +14,7 @@ from .contextcapture import NO_CLUSTER_ITWIN_ID
 from .itwins import FORBIDDEN_ITWIN_ID, KNOWN_ITWIN_IDS
 from .pipeline import ACCEPT_MEDIA_TYPE
 from .requestlog import RecordedRequest
-from .server import DEFAULT_PORT, SimulatorHandle, running_simulator, serve
+from .server import DEFAULT_PORT, ServerCertificate, SimulatorHandle, running_simulator, serve
 from .state import SimulatorState
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "KNOWN_ITWIN_IDS",
     "NO_CLUSTER_ITWIN_ID",
     "RecordedRequest",
+    "ServerCertificate",
     "SimulatorConfig",
     "SimulatorHandle",
     "SimulatorState",

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,10 +33,23 @@ _STOP_TIMEOUT_SECONDS = 10.0
 _BACKLOG = 2048
 
 
+@dataclass(frozen=True)
+class ServerCertificate:
+    """PEM files to serve HTTPS with (tests of private CAs and proxies make their own)."""
+
+    certfile: Path
+    keyfile: Path
+
+
 class _SimulatorServer(uvicorn.Server):
     """uvicorn's server without its signal handling, releasing hung requests at shutdown."""
 
-    def __init__(self, config: SimulatorConfig, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        sock: socket.socket,
+        certificate: ServerCertificate | None = None,
+    ) -> None:
         self.state = SimulatorState(config)
         self.socket = sock
         super().__init__(
@@ -42,6 +58,8 @@ class _SimulatorServer(uvicorn.Server):
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
+                ssl_certfile=certificate.certfile if certificate else None,
+                ssl_keyfile=certificate.keyfile if certificate else None,
             )
         )
 
@@ -77,9 +95,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _base_url(sock: socket.socket) -> str:
+def _base_url(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def serve(
@@ -103,12 +121,20 @@ async def serve(
 class SimulatorHandle:
     """Where a running simulator is, whom it accepts, and its admin API as sync calls."""
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.base_url = base_url
         self.token_url = base_url + TOKEN_PATH
         self.client_id = client_id
         self.client_secret = client_secret
-        self._admin = httpx.Client(base_url=base_url + ADMIN_PREFIX, timeout=10.0)
+        self._admin = httpx.Client(
+            base_url=base_url + ADMIN_PREFIX, timeout=10.0, verify=verify, trust_env=False
+        )
 
     def __repr__(self) -> str:
         return f"SimulatorHandle(base_url={self.base_url!r}, client_id={self.client_id!r})"
@@ -162,17 +188,23 @@ def _wait_until_started(server: _SimulatorServer, thread: threading.Thread) -> N
 
 @contextlib.contextmanager
 def running_simulator(
-    config: SimulatorConfig | None = None, host: str = DEFAULT_HOST, port: int = 0
+    config: SimulatorConfig | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    *,
+    certificate: ServerCertificate | None = None,
+    admin_verify: ssl.SSLContext | bool = True,
 ) -> Iterator[SimulatorHandle]:
     """Run a simulator in a background thread (own event loop) for the `with` block.
 
     Port 0 picks a free port; the handle says which. The server is accepting connections
-    when the block starts and is shut down when it ends.
+    when the block starts and is shut down when it ends. With a `certificate` it serves HTTPS,
+    and the handle's admin calls verify it with `admin_verify`.
     """
     config = config or SimulatorConfig()
     sock = bind_socket(host, port)
-    base_url = _base_url(sock)
-    server = _SimulatorServer(config, sock)
+    base_url = _base_url(sock, "https" if certificate else "http")
+    server = _SimulatorServer(config, sock, certificate)
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve_socket()), name="itwin-simulator", daemon=True
     )
@@ -180,7 +212,7 @@ def running_simulator(
     try:
         _wait_until_started(server, thread)
         client_id, client_secret = next(iter(config.clients.items()))
-        handle = SimulatorHandle(base_url, client_id, client_secret)
+        handle = SimulatorHandle(base_url, client_id, client_secret, admin_verify)
         try:
             yield handle
         finally:
