@@ -220,3 +220,26 @@ async def test_secrets_and_tokens_never_reach_logs_or_events(
         assert sim.client_secret not in text
         assert "Bearer " not in text
         assert "access_token" not in text
+
+
+async def test_long_limiter_waits_never_send_an_expired_token(
+    amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker
+) -> None:
+    """The token is taken after the limiter wait: a backlog that waits longer than a token
+    lives still sends only live tokens, and fetches about one token per lifetime."""
+    lifetime, rate, commands = 3, 20.0, 200
+    sim.configure(token_lifetime_seconds=lifetime)
+    await start_worker(rate_limit_per_second=rate, rate_limit_burst=5, prefetch=commands)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        events = await publish_and_collect(
+            producer, commands, "workspace.create", {"name": "w"}, within=60
+        )
+    assert {event["type"] for event in events} == {"workspace.created"}
+    api = sim.requests(kind="api")
+    assert [r.status for r in api].count(401) == 0, "no expired token reached the API"
+    assert len(api) == commands
+    drained = max(r.t for r in api) - min(r.t for r in api)
+    lifetimes = drained / lifetime
+    fetches = len(sim.requests(kind="token"))
+    assert lifetimes >= 3, f"the backlog outlives several tokens ({drained:.1f} s)"
+    assert fetches <= lifetimes + 2, f"{fetches} fetches over {lifetimes:.1f} lifetimes"
