@@ -6,12 +6,12 @@ the values it needs to each part.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
     AnyHttpUrl,
     Field,
-    FilePath,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -74,9 +74,10 @@ class Settings(BaseSettings):
     delivery_limit: PositiveInt = 5
     """Redeliveries after which the broker dead-letters a command that keeps crashing us."""
 
-    ca_bundle: FilePath | None = None
+    ca_bundle: Path | None = None
     """Extra PEM file of CAs trusted for the API and the token endpoint, besides the system's
-    (or `SSL_CERT_FILE` / `SSL_CERT_DIR`'s). TLS is always verified."""
+    (or `SSL_CERT_FILE` / `SSL_CERT_DIR`'s). TLS is always verified. Read when the worker
+    starts (a missing or unreadable file stops it there, naming this variable)."""
     proxies_from_environment: bool = True
     """Read `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (any case) for the API and the
     token endpoint, as standard clients do; false ignores them (direct connections)."""
