@@ -35,6 +35,12 @@ Figures:
 `--worker-source DIR` runs d from another version's `service/` package (for A/B between
 commits: `git archive <commit> service | tar -x -C DIR`).
 
+`--rate R` instead runs the worker alone at a real budget: limiter on at R calls/s (burst
+`--burst`, default 20), a 5 000-command backlog, `--latency-ms` as given (default 50 here), one
+run per latency. It prints the worker's CPU as a share of one core while it drains, and the
+budget's utilisation: API calls after the first `burst` ones, per second between that call and
+the last, over R (as the simulator's request log sees them).
+
 `--memory` instead drains a 10 000-command backlog with the worker alone and samples its VmRSS
 every 100 ms: RSS at ready, steady state (median of the samples taken after 20 % of the backlog),
 at the end, VmHWM, and the time to ready (must be under 2 s).
@@ -106,6 +112,8 @@ class Options:
     prefetch: int
     memory: bool
     worker_source: Path | None = None
+    rate: float | None = None
+    burst: int = 20
 
 
 @dataclass(frozen=True)
@@ -149,12 +157,14 @@ class Bench:
     runs: int = 0
 
     def worker_settings(self) -> Settings:
-        """Variant d: limiter in Redis that does not bind, JSON logs, the bench's prefetch."""
+        """Variant d: limiter in Redis (not binding unless `--rate`), JSON logs, the bench's
+        prefetch."""
+        rate = self.options.rate
         return worker_settings(
             self.amqp_url,
             self.simulator,
-            rate_limit_per_second=100_000.0,
-            rate_limit_burst=1000,
+            rate_limit_per_second=rate or 100_000.0,
+            rate_limit_burst=self.options.burst if rate else 1000,
             redis_url=REDIS_URL,
             redis_prefix=self.redis_prefix,
             prefetch=self.options.prefetch,
@@ -395,6 +405,51 @@ def _print_ready(options: Options, results: Sequence[Measurement]) -> None:
     )
 
 
+# --- at the budget -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetRun:
+    measurement: Measurement
+    utilisation: float
+    core_share: float
+
+
+async def run_budget(bench: Bench) -> list[BudgetRun]:
+    rate = bench.options.rate
+    assert rate is not None
+    await bench.warm_up(["d"])
+    runs = []
+    for latency in bench.options.latencies:
+        progress(f"budget: {bench.options.commands} commands at {rate:g}/s, {latency:g} ms API")
+        result = await bench.measure("d", latency)
+        arrivals = sorted(t for t, _ in bench.simulator.requests("api"))
+        await bench.check_drained()
+        steady = arrivals[bench.options.burst :]
+        utilisation = (len(steady) - 1) / ((steady[-1] - steady[0]) * rate)
+        core_share = result.cpu_per_1000["consumer"] / 1000 * result.rate
+        runs.append(BudgetRun(result, utilisation, core_share))
+    return runs
+
+
+def print_budget(options: Options, runs: Sequence[BudgetRun]) -> None:
+    print(
+        f"\nat the budget: itwin-worker alone, limiter in Redis at {options.rate:g} calls/s "
+        f"(burst {options.burst}), {options.commands}-command backlog, prefetch {options.prefetch}"
+    )
+    print("CPU share = the worker's CPU seconds per second of draining (1.0 = one core)")
+    print("utilisation = API calls per second after the burst, over the rate (simulator's log)")
+    header = f"{'API':>6} {'cmd/s':>7} {'CPU share':>10} {'utilisation':>12} {'peak RSS':>9}"
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        m = run.measurement
+        print(
+            f"{m.latency_ms:>4g}ms {m.rate:>7.1f} {run.core_share:>10.3f} "
+            f"{run.utilisation:>12.4f} {m.peak_rss_mib:>6.0f}MiB"
+        )
+
+
 # --- memory --------------------------------------------------------------------------------
 
 
@@ -451,6 +506,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--prefetch", type=int, default=32, help="prefetch of every variant (32)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1000 commands, 1 run")
     parser.add_argument("--memory", action="store_true", help="worker RSS with a 10k backlog")
+    parser.add_argument("--rate", type=float, help="the worker alone at this budget (calls/s)")
+    parser.add_argument("--burst", type=int, default=20, help="the budget's burst (--rate; 20)")
     parser.add_argument(
         "--worker-source",
         type=Path,
@@ -464,14 +521,19 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     commands = args.commands or default_commands
     if commands < 2 or args.repeat < 1 or args.prefetch < 1:
         parser.error("--commands must be at least 2, --repeat and --prefetch at least 1")
+    if args.rate is not None and (args.rate <= 0 or args.burst < 1 or args.memory):
+        parser.error("--rate must be positive, --burst at least 1, and not with --memory")
+    latencies = "50" if args.rate and "--latency-ms" not in (argv or sys.argv) else args.latency_ms
     return Options(
         commands=commands,
         repeat=1 if args.quick else args.repeat,
-        latencies=tuple(float(x) for x in args.latency_ms.split(",") if x.strip()),
+        latencies=tuple(float(x) for x in latencies.split(",") if x.strip()),
         variants=tuple(sorted(variants)),
         prefetch=args.prefetch,
         memory=args.memory,
         worker_source=args.worker_source.resolve() if args.worker_source else None,
+        rate=args.rate,
+        burst=args.burst,
     )
 
 
@@ -480,6 +542,8 @@ async def main_async(options: Options) -> None:
         async with open_bench(options, amqp_url, Path(tmp)) as bench:
             if options.memory:
                 print_memory(options, await run_memory(bench))
+            elif options.rate is not None:
+                print_budget(options, await run_budget(bench))
             else:
                 print_comparison(options, await run_comparison(bench))
 
