@@ -20,6 +20,7 @@ from .app import build_app
 from .config import SimulatorConfig
 from .lifecycle import JobOutcome
 from .oauth import TOKEN_PATH
+from .oidc import DISCOVERY_PATH
 from .requestlog import RecordedRequest, RequestKind
 from .state import SimulatorState
 
@@ -106,6 +107,7 @@ class SimulatorHandle:
     def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
         self.base_url = base_url
         self.token_url = base_url + TOKEN_PATH
+        self.discovery_url = base_url + DISCOVERY_PATH
         self.client_id = client_id
         self.client_secret = client_secret
         self._admin = httpx.Client(base_url=base_url + ADMIN_PREFIX, timeout=10.0)
@@ -140,6 +142,7 @@ class SimulatorHandle:
         self._call("POST", f"/jobs/{job_id}/outcome", json={"outcome": outcome})
 
     def expire_tokens(self) -> None:
+        """Revoke every token issued so far: API calls with them get 401 from now on."""
         self._call("POST", "/expire-tokens")
 
     def reset(self) -> None:
