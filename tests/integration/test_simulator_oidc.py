@@ -8,8 +8,12 @@ All over real sockets, against the session simulator (reset for each test).
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +26,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
 from service.simulator import ACCEPT_MEDIA_TYPE, SimulatorConfig, SimulatorHandle, running_simulator
+from tests.integration.conftest import free_port
 
 SCOPE = "itwin-platform"
 AUDIENCE = "itwin-platform"
@@ -316,3 +321,55 @@ async def test_a_revoked_jwt_gets_401_although_it_still_verifies(
     assert response.status_code == 401
     assert response.json() == INVALID_TOKEN
     await asyncio.to_thread(verify_with_pyjwt, client.token["access_token"], metadata)
+
+
+# --- the command a cluster runs ---------------------------------------------------------------
+
+
+async def test_the_simulator_command_serves_oidc_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    issuer = "https://ims.staging.example"
+    log = tmp_path / "simulator.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "simulator",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--client=staging-client:staging-secret",
+                f"--issuer={issuer}",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    sim = SimulatorHandle(f"http://127.0.0.1:{port}", "staging-client", "staging-secret")
+    try:
+        async with asyncio.timeout(20):
+            while "simulator on" not in log.read_text():
+                assert process.poll() is None, log.read_text()
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    metadata = await discover(sim)
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+        async with oauth_client(sim, metadata, "client_secret_post") as oauth:
+            await oauth.fetch_token(metadata["token_endpoint"], grant_type="client_credentials")
+            response = await oauth.get(
+                f"{sim.base_url}/contextcapture/workspaces/x", headers={"Accept": "*/*"}
+            )
+        assert metadata["issuer"] == issuer
+        assert response.status_code == 404
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 10) == 0
+    finally:
+        sim.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
