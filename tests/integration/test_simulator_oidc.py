@@ -331,17 +331,15 @@ async def test_the_simulator_command_serves_oidc_and_stops_on_sigterm(tmp_path: 
     issuer = "https://ims.staging.example"
     log = tmp_path / "simulator.log"
     with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "simulator",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                "--client=staging-client:staging-secret",
-                f"--issuer={issuer}",
-            ],
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service.cli",
+            "simulator",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--client=staging-client:staging-secret",
+            f"--issuer={issuer}",
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -349,7 +347,7 @@ async def test_the_simulator_command_serves_oidc_and_stops_on_sigterm(tmp_path: 
     try:
         async with asyncio.timeout(20):
             while "simulator on" not in log.read_text():
-                assert process.poll() is None, log.read_text()
+                assert process.returncode is None, log.read_text()
                 await asyncio.sleep(0.05)
         async with asyncio.timeout(20):
             while True:
@@ -367,9 +365,10 @@ async def test_the_simulator_command_serves_oidc_and_stops_on_sigterm(tmp_path: 
         assert response.status_code == 404
 
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, 10) == 0
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0
     finally:
         sim.close()
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.wait()
+            await process.wait()
