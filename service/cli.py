@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -50,8 +51,16 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _simulator(settings: Settings, args: argparse.Namespace) -> int:
+    config = simulator.config_from_args(args)
+    server = asyncio.ensure_future(simulator.serve(config, args.host, args.port))
+    # As a container's PID 1 the simulator gets no default SIGTERM disposition: without a
+    # handler Kubernetes would wait out the grace period and SIGKILL it.
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.cancel)
     print(f"iTwin API simulator on http://{args.host}:{args.port}", flush=True)
-    await simulator.serve(simulator.config_from_args(args), args.host, args.port)
+    with contextlib.suppress(asyncio.CancelledError):
+        await server
     return 0
 
 

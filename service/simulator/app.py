@@ -1,4 +1,5 @@
-"""The ASGI application: the API endpoints, the token endpoint and the admin endpoints."""
+"""The ASGI application: the API endpoints, the token endpoint, OIDC discovery and the JWKS, and
+the admin endpoints."""
 
 from __future__ import annotations
 
@@ -22,7 +23,17 @@ from .errors import (
     ErrorBody,
 )
 from .oauth import TOKEN_PATH, token_endpoint
+from .oidc import (
+    AUTHORIZE_PATH,
+    DISCOVERY_PATH,
+    JWKS_PATH,
+    OIDC_PATHS,
+    authorize_endpoint,
+    discovery_endpoint,
+    jwks_endpoint,
+)
 from .pipeline import Endpoint, Handler, api_endpoint
+from .requestlog import RequestKind
 from .state import SimulatorState
 
 # (method, path, endpoint, the wording of its page's 429)
@@ -59,8 +70,14 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     return ApiError(exc.status_code, body, headers=dict(exc.headers or {})).response()
 
 
+def _kind(path: str) -> RequestKind:
+    if path == TOKEN_PATH:
+        return "token"
+    return "oidc" if path in OIDC_PATHS else "api"
+
+
 class RequestRecorder:
-    """Logs every API and token request at arrival and its status once it is answered.
+    """Logs every API, token and OIDC request at arrival and its status once it is answered.
 
     It wraps the whole application, so even unknown paths and unhandled errors are logged.
     """
@@ -74,9 +91,7 @@ class RequestRecorder:
         if scope["type"] != "http" or path.startswith(ADMIN_PREFIX):
             await self._app(scope, receive, send)
             return
-        entry = self._state.log.record(
-            scope["method"], path, "token" if path == TOKEN_PATH else "api"
-        )
+        entry = self._state.log.record(scope["method"], path, _kind(path))
 
         async def send_recording(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -109,6 +124,10 @@ def _api_routes(state: SimulatorState) -> list[Route]:
 def build_app(state: SimulatorState) -> ASGIApp:
     routes = _api_routes(state)
     routes.append(Route(TOKEN_PATH, token_endpoint(state), methods=["POST"]))
+    routes.append(Route(DISCOVERY_PATH, discovery_endpoint(state), methods=["GET"]))
+    routes.append(Route(JWKS_PATH, jwks_endpoint(state), methods=["GET"]))
+    # OpenID Connect Core §3.1.2.1: the authorization endpoint takes GET and POST.
+    routes.append(Route(AUTHORIZE_PATH, authorize_endpoint, methods=["GET", "POST"]))
     routes.extend(admin_routes(state))
     app = Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})
     # Paths are matched exactly, as the API does: no redirect from a trailing slash.

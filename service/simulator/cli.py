@@ -27,6 +27,7 @@ class _Flag:
 
 _FLAGS = (
     _Flag("--token-lifetime", "token_lifetime_seconds", int, "token lifetime in seconds"),
+    _Flag("--issuer", "issuer", str, "the tokens' iss (default: the URL a client calls)"),
     _Flag("--rate-limit", "rate_limit_per_second", float, "own per-client limit, calls/second"),
     _Flag("--burst", "rate_limit_burst", int, "own per-client limit, burst size"),
     _Flag("--retry-after", "retry_after_seconds", int, "least retry-after of an own-limit 429"),

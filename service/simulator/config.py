@@ -23,6 +23,8 @@ from .lifecycle import JobOutcome
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 MASKED = "********"
+ISSUER_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*[^\s/?#])?$"
+"""An http(s) URL without query, fragment or trailing slash: OIDC compares issuers exactly."""
 
 
 class SimulatorConfig(BaseModel):
@@ -35,6 +37,10 @@ class SimulatorConfig(BaseModel):
     )
     """client_id -> client_secret; kept out of repr so the secrets never reach a log line."""
     token_lifetime_seconds: PositiveInt = 3600
+    issuer: Annotated[str, Field(pattern=ISSUER_PATTERN)] | None = None
+    """The tokens' `iss` and the discovery's `issuer`. None: the URL the client called us by
+    (scheme, host, port), so it is right wherever the simulator runs, as long as a client
+    fetches and uses its tokens through the same address."""
     rate_limit_per_second: Annotated[float, Field(gt=0)] | None = None
     """The simulator's own per-client token bucket; None means unlimited."""
     rate_limit_burst: PositiveInt = 10

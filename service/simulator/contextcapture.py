@@ -149,12 +149,12 @@ def estimated_cost(parameters: dict[str, Any]) -> float:
 
 async def create_workspace(state: SimulatorState, request: Request, client_id: str) -> Response:
     body = await _CANNOT_CREATE_WORKSPACE.json_object(request)
-    bad = _WORKSPACE_SCHEMA.errors(body)
-    if bad:
-        raise _CANNOT_CREATE_WORKSPACE.error(_invalid_parameters(bad))
+    details = _invalid_parameters(_WORKSPACE_SCHEMA.errors(body))
     itwin_id = body.get("iTwinId")
     if itwin_id == NO_CLUSTER_ITWIN_ID:
-        raise _CANNOT_CREATE_WORKSPACE.error([_NO_CLUSTER])
+        details.append(_NO_CLUSTER)
+    if details:
+        raise _CANNOT_CREATE_WORKSPACE.error(details)
     workspace = Workspace(new_id(), body["name"], itwin_id, timestamp())
     state.workspaces[workspace.id] = workspace
     return JSONResponse({"workspace": workspace.to_json()}, status_code=201)

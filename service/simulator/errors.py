@@ -53,9 +53,6 @@ INVALID_TOKEN = ErrorBody("InvalidToken", "The access token is invalid or has ex
 HEADER_ACCEPT_NOT_FOUND = ErrorBody(
     "HeaderNotFound", "Header Accept was not found in the request. Access denied."
 )
-INVALID_ACCEPT = ErrorBody(
-    "InvalidHeaderValue", "Header Accept must be application/vnd.bentley.itwin-platform.v1+json."
-)
 INSUFFICIENT_PERMISSIONS = ErrorBody(
     "InsufficientPermissions", "The user has insufficient permissions for the requested operation."
 )

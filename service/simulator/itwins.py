@@ -29,6 +29,7 @@ POSTABLE_SUBCLASSES: dict[str, frozenset[str]] = {
     "Construction": frozenset({"Performance"}),
     "Subsurface": frozenset({"EvoWorkspace"}),
 }
+_ANY_POSTABLE_SUBCLASS = frozenset(sub for subs in POSTABLE_SUBCLASSES.values() for sub in subs)
 
 ITWIN_NOT_FOUND = ErrorBody("iTwinNotFound", "Requested iTwin is not available.")
 REPOSITORY_EXISTS = ErrorBody(
@@ -46,17 +47,25 @@ def _missing(target: str) -> Detail:
 
 
 def _repository_details(body: dict[str, Any]) -> list[Detail]:
-    """The page's detail objects for whatever is wrong with `body` (they are all it has)."""
+    """The page's detail objects for everything wrong with `body`, all at once.
+
+    A subClass is judged against its class when the class is valid; otherwise it is still
+    refused when no postable class has it, so a bad class does not hide a bad subClass.
+    """
     details: list[Detail] = []
     class_ = body.get("class")
+    sub_class = body.get("subClass")
     if class_ is None or class_ == "":
         details.append(_missing("class"))
     elif not isinstance(class_, str) or class_ not in POSTABLE_SUBCLASSES:
         details.append(_BAD_CLASS)
-    else:
-        sub_class = body.get("subClass")
+    if isinstance(class_, str) and class_ in POSTABLE_SUBCLASSES:
         if not isinstance(sub_class, str) or sub_class not in POSTABLE_SUBCLASSES[class_]:
             details.append(_BAD_SUBCLASS)
+    elif sub_class is not None and not (
+        isinstance(sub_class, str) and sub_class in _ANY_POSTABLE_SUBCLASS
+    ):
+        details.append(_BAD_SUBCLASS)
     if not non_empty_text(body.get("uri")):
         details.append(_missing("uri"))
     return details

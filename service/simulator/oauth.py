@@ -1,7 +1,9 @@
 """The OAuth2 client-credentials token endpoint, standing in for `ims.bentley.com/connect/token`.
 
-Errors use RFC 6749 §5.2 bodies (`{"error": "invalid_client"}`), not the API's error object,
-because that is what an OAuth server answers.
+Clients authenticate with HTTP Basic (`client_secret_basic`) or in the form
+(`client_secret_post`); the access token is a signed JWT (see `tokens`). Errors use RFC 6749
+§5.2 bodies (`{"error": "invalid_client"}`), not the API's error object, because that is what an
+OAuth server answers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .state import SimulatorState
 TOKEN_PATH = "/connect/token"  # noqa: S105 (a path, not a password)
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 GRANT_TYPE = "client_credentials"
+AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 # RFC 6749 §5.1: token answers, errors included, must not be cached.
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -88,7 +91,9 @@ async def _issue(state: SimulatorState, request: Request) -> Response:
     if expected is None or not matches:
         raise _OAuthError(401, "invalid_client", basic_auth=basic is not None)
     body = {
-        "access_token": state.issue_token(client_id),
+        "access_token": state.issue_token(
+            state.issuer_for(str(request.base_url)), client_id, scope
+        ),
         "expires_in": config.token_lifetime_seconds,
         "token_type": "Bearer",
         "scope": scope,

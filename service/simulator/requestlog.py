@@ -11,12 +11,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-RequestKind = Literal["api", "token", "storm"]
+RequestKind = Literal["api", "token", "oidc", "storm"]
 
 
 @dataclass(slots=True)
 class RecordedRequest:
-    """One request (kind api/token), or the window of a 429 storm (kind storm, with `until`)."""
+    """One request (kind api, token, or oidc: discovery, JWKS, authorize), or the window of a
+    429 storm (kind storm, with `until`)."""
 
     t: float
     """Arrival (or storm start) as `time.time()`."""

@@ -23,6 +23,7 @@ from .app import build_app
 from .config import SimulatorConfig
 from .lifecycle import JobOutcome
 from .oauth import TOKEN_PATH
+from .oidc import DISCOVERY_PATH
 from .requestlog import RecordedRequest, RequestKind
 from .state import SimulatorState
 
@@ -130,6 +131,7 @@ class SimulatorHandle:
     ) -> None:
         self.base_url = base_url
         self.token_url = base_url + TOKEN_PATH
+        self.discovery_url = base_url + DISCOVERY_PATH
         self.client_id = client_id
         self.client_secret = client_secret
         self._admin = httpx.Client(
@@ -166,6 +168,7 @@ class SimulatorHandle:
         self._call("POST", f"/jobs/{job_id}/outcome", json={"outcome": outcome})
 
     def expire_tokens(self) -> None:
+        """Revoke every token issued so far: API calls with them get 401 from now on."""
         self._call("POST", "/expire-tokens")
 
     def reset(self) -> None:

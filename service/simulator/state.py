@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -16,15 +15,23 @@ from .config import SimulatorConfig
 from .models import Application, Job, Repository, Workspace
 from .ratelimit import ClientLimiter
 from .requestlog import RecordedRequest, RequestLog
+from .tokens import TokenSigner
 
 STORM_PATH = "/_simulator/storm"
 
 
 @dataclass(slots=True)
 class IssuedToken:
+    """The server-side record of one access token, keyed by its `jti`.
+
+    The JWT carries its own expiry; the record is what lets the admin API (and a reset) revoke
+    a token that would still verify.
+    """
+
     client_id: str
     expires_at: float
-    """`time.monotonic()` deadline, so wall-clock jumps do not expire or revive tokens."""
+    """The token's `exp` (`time.time()` seconds), to forget the record once it is useless."""
+    revoked: bool = False
 
 
 @dataclass(slots=True)
@@ -44,6 +51,8 @@ class SimulatorState:
         """Set when the server shuts down, so hung requests stop holding it open."""
         self.config = config
         self.log = RequestLog(config.request_log_limit)
+        self.signer = TokenSigner()
+        """Generated once per run, kept across resets: only the token records are forgotten."""
         self.tokens: dict[str, IssuedToken] = {}
         self.limiter = self._limiter(config)
         self.storm: Storm | None = None
@@ -81,21 +90,29 @@ class SimulatorState:
             self.limiter = self._limiter(config)
         self.log.resize(config.request_log_limit)
 
-    def issue_token(self, client_id: str) -> str:
-        token = secrets.token_urlsafe(32)
-        expires_at = time.monotonic() + self.config.token_lifetime_seconds
-        self.tokens[token] = IssuedToken(client_id, expires_at)
-        return token
+    def issuer_for(self, base_url: str) -> str:
+        """The issuer of tokens asked for (and presented) at `base_url`, the request's root."""
+        return self.config.issuer or base_url.rstrip("/")
+
+    def issue_token(self, issuer: str, client_id: str, scope: str) -> str:
+        now = time.time()
+        for jti in [jti for jti, issued in self.tokens.items() if issued.expires_at < now]:
+            del self.tokens[jti]
+        signed = self.signer.sign(issuer, client_id, scope, self.config.token_lifetime_seconds)
+        self.tokens[signed.jti] = IssuedToken(client_id, signed.expires_at)
+        return signed.token
 
     def expire_tokens(self) -> int:
+        """Revoke every token issued so far (they still verify, but are refused)."""
         for issued in self.tokens.values():
-            issued.expires_at = -math.inf
+            issued.revoked = True
         return len(self.tokens)
 
-    def client_of(self, token: str, now: float) -> str | None:
-        """The client a token was issued to, if it is ours and still valid."""
-        issued = self.tokens.get(token)
-        if issued is None or issued.expires_at <= now:
+    def client_of(self, token: str, issuer: str) -> str | None:
+        """The client a token was issued to, if it verifies for `issuer` and is not revoked."""
+        claims = self.signer.verify(token, issuer)
+        issued = self.tokens.get(claims.jti) if claims is not None else None
+        if issued is None or issued.revoked:
             return None
         return issued.client_id
 

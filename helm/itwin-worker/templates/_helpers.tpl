@@ -130,3 +130,47 @@ Prefix of the command queues (worker.queuePrefix, else the worker's default).
 {{- define "itwin-worker.queuePrefix" -}}
 {{- default "itwin-worker." .Values.worker.queuePrefix }}
 {{- end }}
+
+{{/*
+The simulator's objects: their own name and app.kubernetes.io/name, so that no selector of the
+worker (Deployment, Service, PodDisruptionBudget, NetworkPolicy, ServiceMonitor) matches its pods.
+*/}}
+{{- define "itwin-worker.simulator.fullname" -}}
+{{- printf "%s-simulator" (include "itwin-worker.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "itwin-worker.simulator.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-simulator" (include "itwin-worker.name" . | trunc 53 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "itwin-worker.simulator.labels" -}}
+helm.sh/chart: {{ include "itwin-worker.chart" . }}
+{{ include "itwin-worker.simulator.selectorLabels" . }}
+app.kubernetes.io/version: {{ (default .Chart.AppVersion .Values.image.tag) | toString | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/component: simulator
+app.kubernetes.io/part-of: itwin-worker
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The simulator's base URL inside the cluster (its Service, in the release namespace).
+*/}}
+{{- define "itwin-worker.simulator.url" -}}
+{{- printf "http://%s:%s" (include "itwin-worker.simulator.fullname" .) (include "itwin-worker.scalar" .Values.simulator.port) }}
+{{- end }}
+
+{{/*
+Whether the worker's API and token URLs are the simulator's ("true" or "").
+*/}}
+{{- define "itwin-worker.simulator.pointsWorker" -}}
+{{- if and .Values.simulator.enabled .Values.simulator.pointWorker }}
+{{- if or .Values.worker.apiBaseUrl .Values.worker.tokenUrl }}
+{{- fail "simulator.pointWorker sets the worker's API and token URLs: leave worker.apiBaseUrl and worker.tokenUrl null, or set simulator.pointWorker=false" }}
+{{- end }}
+{{- true }}
+{{- end }}
+{{- end }}
