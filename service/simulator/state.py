@@ -108,8 +108,9 @@ class SimulatorState:
             issued.revoked = True
         return len(self.tokens)
 
-    def client_of(self, token: str, issuer: str) -> str | None:
-        """The client a token was issued to, if it verifies for `issuer` and is not revoked."""
+    def client_of(self, token: str, issuer: str | None) -> str | None:
+        """The client a token was issued to, if it verifies (for `issuer`, when one is fixed)
+        and is not revoked."""
         claims = self.signer.verify(token, issuer)
         issued = self.tokens.get(claims.jti) if claims is not None else None
         if issued is None or issued.revoked:

@@ -83,8 +83,9 @@ class TokenSigner:
         token = jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers=headers)
         return SignedToken(token, claims["jti"], claims["exp"])
 
-    def verify(self, token: str, issuer: str) -> Claims | None:
-        """The token's claims if our key signed it for `issuer` and it has not expired."""
+    def verify(self, token: str, issuer: str | None) -> Claims | None:
+        """The token's claims if our key signed it (for `issuer`, unless None: any issuer this
+        key signed for) and it has not expired."""
         try:
             claims = jwt.decode(
                 token,

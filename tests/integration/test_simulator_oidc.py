@@ -277,19 +277,35 @@ async def test_a_jwt_signed_by_another_key_gets_401(sim: SimulatorHandle, client
             assert response.status_code == status
 
 
-async def test_a_jwt_of_another_issuer_gets_401(sim: SimulatorHandle, client: Any) -> None:
-    # The issuer is the address the token was asked for at; another address is another issuer.
+async def test_a_token_asked_for_at_one_address_is_good_at_another(
+    sim: SimulatorHandle, client: Any
+) -> None:
+    """As the APIs take the identity service's tokens: asked for at one host, used at another."""
     headers = {"Authorization": f"Bearer {client.token['access_token']}", "Accept": "*/*"}
 
     async with httpx.AsyncClient(base_url=sim.base_url, timeout=5.0) as plain:
         elsewhere = await plain.get(
-            "/contextcapture/workspaces/x", headers=headers | {"Host": "elsewhere.example"}
+            "/contextcapture/workspaces/x", headers=headers | {"Host": "api.elsewhere.example"}
         )
-        here = await plain.get("/contextcapture/workspaces/x", headers=headers)
 
-    assert elsewhere.status_code == 401
-    assert elsewhere.json() == INVALID_TOKEN
-    assert here.status_code == 404
+    assert elsewhere.status_code == 404, "the token was accepted; the workspace is unknown"
+
+
+async def test_a_jwt_of_another_issuer_gets_401() -> None:
+    with running_simulator(SimulatorConfig(issuer="https://ims.one.example")) as sim:
+        metadata = await discover(sim)
+        async with oauth_client(sim, metadata, "client_secret_basic") as oauth:
+            await oauth.fetch_token(metadata["token_endpoint"], grant_type="client_credentials")
+            token = oauth.token["access_token"]
+        sim.configure(issuer="https://ims.two.example")
+        async with httpx.AsyncClient(base_url=sim.base_url, timeout=5.0) as plain:
+            response = await plain.get(
+                "/contextcapture/workspaces/x",
+                headers={"Authorization": f"Bearer {token}", "Accept": "*/*"},
+            )
+
+    assert response.status_code == 401
+    assert response.json() == INVALID_TOKEN
 
 
 async def test_a_fixed_issuer_holds_whatever_address_the_client_uses() -> None:
