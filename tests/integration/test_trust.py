@@ -300,6 +300,7 @@ async def test_only_operators_write_to_the_replay_and_retry_exchanges(
         # The producer user's own `dlq replay` is refused; the operator's is not.
         as_producer = await dlq_replay(secured.producer, command_id)
         assert as_producer.returncode == 2
+        assert as_producer.stderr.startswith("error: RabbitMQ refused: ")
         assert "ACCESS_REFUSED" in as_producer.stderr
         replay = await dlq_replay(secured.operator, command_id)
         assert replay.returncode == 0, replay.stderr
