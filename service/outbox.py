@@ -89,7 +89,8 @@ class BrokerOutbox:
 
     async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None:
         """Park the command in the delay queue; it expires back into its work queue through the
-        retry exchange, by its own routing key (the one its work queue is bound with)."""
+        retry exchange, by its own routing key (the one its work queue is bound with). Only
+        known commands are delayed: an unknown one fails for good at once."""
         exchange, _ = self._topology.delays[seconds]
         headers = {DELAYED_ATTEMPT_HEADER: attempt}
         await self._republish(delivery, exchange, delivery.routing_key, headers)
