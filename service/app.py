@@ -26,12 +26,13 @@ from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.jobs import JobFollower
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
-from service.outbox import ROUTING_KEY_HEADER, BrokerOutbox
+from service.outbox import BrokerOutbox
 from service.probes import Probes
 from service.redis_keys import RedisKeys
 from service.redis_scripts import ScriptConnection
 from service.settings import Settings, SettingsError
 from service.topology import Topology
+from service.trust import Trust, printable
 
 log = structlog.get_logger("itwin_worker.app")
 
@@ -62,24 +63,25 @@ async def _whole_message(message: StreamMessage[Any]) -> StreamMessage[Any]:
     return message
 
 
-def delivery_from(message: RabbitMessage, queue: str) -> Delivery:
+def delivery_from(
+    message: RabbitMessage, queue: str, trust: Trust, routing_key: str | None = None
+) -> Delivery:
+    """The delivery as the pipeline may act on it; `routing_key` is the command queue's own
+    (whichever exchange the message came through), None on the unrouted queue."""
     raw = message.raw_message
-    headers = dict(raw.headers or {})
-    routing_key = raw.routing_key or ""
-    # Back from a delay queue through the default exchange, keyed by queue name; the
-    # command's own routing key travels in a header.
-    original = headers.get(ROUTING_KEY_HEADER)
-    if not raw.exchange and isinstance(original, bytes | str):
-        routing_key = original.decode(errors="replace") if isinstance(original, bytes) else original
+    # The exchange is the broker's record of where the message was published, not a header.
+    vetted = trust.vet(raw.exchange or "", raw.headers or {}, raw.reply_to)
     return Delivery(
         body=raw.body,
-        routing_key=routing_key,
+        routing_key=routing_key or raw.routing_key or "",
         queue=queue,
         message_id=raw.message_id,
         correlation_id=raw.correlation_id,
-        reply_to=raw.reply_to,
+        reply_to=vetted.reply_to,
         content_type=raw.content_type,
-        headers=headers,
+        headers=vetted.headers,
+        ignored_headers=vetted.ignored_headers,
+        refused_reply_to=vetted.refused_reply_to,
     )
 
 
@@ -145,12 +147,15 @@ class Worker:
         self.probes = Probes(self.metrics, self.readiness)
         self._consuming = False
         topology = self.topology
+        trust = Trust.of(topology.own_exchanges, settings.reply_to_pattern, settings.queue_prefix)
         for spec in COMMANDS:
             queue = topology.command_queue(spec)
-            self._subscribe(queue, topology.commands, _consumer(self.pipeline, spec, queue.name))
+            consumer = _consumer(self.pipeline, spec, queue.name, trust)
+            self._subscribe(queue, topology.commands, consumer)
         unrouted = topology.unrouted_queue
-        self._subscribe(unrouted, topology.unrouted, _consumer(self.pipeline, None, unrouted.name))
-        self._subscribe(topology.poll_queue, None, _poller(self.follower))
+        consumer = _consumer(self.pipeline, None, unrouted.name, trust)
+        self._subscribe(unrouted, topology.unrouted, consumer)
+        self._subscribe(topology.poll_queue, topology.retry, _poller(self.follower, topology))
 
     def _limiter(self) -> Limiter:
         settings = self.settings
@@ -215,10 +220,18 @@ class Worker:
         await self.broker.declare_exchange(topology.dead_letters)
         dead_letter_queue = await self.broker.declare_queue(topology.dead_letter_queue)
         await dead_letter_queue.bind(topology.dead_letters.name)
+        await self.broker.declare_exchange(topology.retry)
+        await self.broker.declare_exchange(topology.replay)
         for exchange, queue in topology.delays.values():
             await self.broker.declare_exchange(exchange)
             delay_queue = await self.broker.declare_queue(queue)
             await delay_queue.bind(exchange.name)
+        # The subscribers bind each command queue to the command exchange; these are the
+        # worker's and the operators' ways back in.
+        for spec in COMMANDS:
+            command_queue = await self.broker.declare_queue(topology.command_queue(spec))
+            await command_queue.bind(topology.retry.name, spec.routing_key)
+            await command_queue.bind(topology.replay.name, spec.routing_key)
         await self.broker.start()
         self._consuming = True
         log.info(
@@ -254,18 +267,32 @@ def _settling(
     return settle
 
 
-def _poller(follower: JobFollower) -> Callable[[RabbitMessage], Awaitable[None]]:
+def _poller(
+    follower: JobFollower, topology: Topology
+) -> Callable[[RabbitMessage], Awaitable[None]]:
     async def poll(message: RabbitMessage) -> None:
+        # The worker schedules its polls through the retry exchange only; anything else in the
+        # poll queue was put there by someone else (a forged poll could follow any job, or stop
+        # another command's following by taking its next poll id).
+        exchange = message.raw_message.exchange or ""
+        if exchange != topology.retry.name:
+            log.warning(
+                "dropping a poll that did not come through the retry exchange",
+                exchange=printable(exchange),
+            )
+            return
         await follower.poll(message.body)
 
     return poll
 
 
 def _consumer(
-    pipeline: Pipeline, spec: CommandSpec | None, queue: str
+    pipeline: Pipeline, spec: CommandSpec | None, queue: str, trust: Trust
 ) -> Callable[[RabbitMessage], Awaitable[None]]:
+    routing_key = spec.routing_key if spec else None
+
     async def consume(message: RabbitMessage) -> None:
-        await pipeline.handle(spec, delivery_from(message, queue))
+        await pipeline.handle(spec, delivery_from(message, queue, trust, routing_key))
 
     consume.__name__ = f"consume_{spec.routing_key if spec else 'unrouted'}".replace(".", "_")
     return consume

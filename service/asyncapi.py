@@ -59,8 +59,12 @@ same id after its outcome was recorded gets the recorded event again, with no se
 Without one the command is still processed, under an id the worker makes up (reported in the \
 event), and cannot be deduplicated.
 - `correlation_id`: copied to every event the command causes; defaults to the command id.
-- `reply_to`: if set, the event is also published to that queue through the default exchange \
-(ignored when it names one of the worker's own queues).
+- `reply_to`: if set and allowed (`REPLY_TO_PATTERN`, default \
+`^(amq\\.rabbitmq\\.reply-to.*|reply\\..+)$`; RabbitMQ direct reply-to always, the worker's \
+own queues never), the event is also published to that queue through the default exchange.
+- headers `x-itwin-*` are the worker's own: they count only on messages that came through its \
+retry or replay exchange (`itwin-worker.retry`, `itwin-worker.replay`), never on a producer's \
+command.
 - `content_type`: `application/json` (parameters allowed) or absent; anything else is \
 `InvalidCommand`. Bodies are UTF-8 JSON either way.
 
@@ -283,7 +287,8 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
         "address": None,
         "title": "Replies",
         "description": "The queue a command's `reply_to` names, through the default exchange: "
-        "it gets a copy of the command's event.",
+        "it gets a copy of the command's event when `REPLY_TO_PATTERN` allows the name "
+        "(RabbitMQ direct reply-to always; the worker's own queues never).",
         "messages": reply_messages,
         "bindings": {
             "amqp": {

@@ -19,10 +19,11 @@ import uvloop
 from service import contract, logs, simulator
 from service.app import Worker
 from service.commands import BY_ROUTING_KEY
-from service.dlq import DeadLetters
+from service.dlq import DeadLetters, amqp_user
 from service.jobs import PROGRESS_EVENT, TERMINAL_EVENTS
 from service.producer import BrokerUnreachable, Producer
 from service.settings import Settings, SettingsError, load_settings
+from service.trust import printable
 
 DEMO_ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 START_RABBITMQ = "start one with `rabbitmq-server -detached` or point ITWIN_WORKER_AMQP_URL at one"
@@ -88,7 +89,7 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    letters = DeadLetters(settings.amqp_url, settings.dead_letter_queue, settings.command_exchange)
+    letters = DeadLetters(settings.amqp_url, settings.dead_letter_queue, settings.replay_exchange)
     try:
         if args.dlq_action == "list":
             found = await letters.entries()
@@ -99,12 +100,20 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                 )
             print(f"{len(found)} dead-lettered command(s)")
         else:
+            # Only operators may write to the replay exchange: say whose rights were used.
+            user = printable(amqp_user(settings.amqp_url))
+            print(f"replaying to {settings.replay_exchange} as RabbitMQ user {user}")
             replayed = await letters.replay(args.ids)
             for letter in replayed:
                 print(f"replayed {letter.command_id} to {letter.routing_key}")
             print(f"{len(replayed)} command(s) replayed")
     except (OSError, TimeoutError, aio_pika.exceptions.AMQPConnectionError) as exc:
         return _broker_unreachable(settings, exc)
+    except aio_pika.exceptions.ChannelClosed as exc:
+        # ACCESS_REFUSED (a user without the operators' rights) or NOT_FOUND (no worker has
+        # declared the topology yet); the message it stopped at stays in the queue.
+        print(f"error: RabbitMQ refused: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -273,7 +282,9 @@ def _parser() -> argparse.ArgumentParser:
     dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
     dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True)
     dlq_actions.add_parser("list", help="show each dead-lettered command and why")
-    replay = dlq_actions.add_parser("replay", help="send dead-lettered commands back")
+    replay = dlq_actions.add_parser(
+        "replay", help="send dead-lettered commands back, through the replay exchange"
+    )
     replay.add_argument("--id", action="append", dest="ids", help="only this command id")
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of the contract")
     schemas.add_argument("directory", nargs="?", default="schemas", type=Path)

@@ -2,6 +2,9 @@
 
 Messages are taken with basic.get and held unacked while we look, so each is seen once per run;
 whatever is not replayed goes back to the queue (requeued) when we are done.
+
+Replays go to the replay exchange, which only operators may write to: the worker believes the
+replay header only on messages that came through it, so no producer can force a fresh attempt.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
 
 from service.handlers import REPLAY_HEADER
 from service.outbox import (
@@ -55,19 +60,26 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def amqp_user(amqp_url: str) -> str:
+    """The RabbitMQ user an AMQP URL logs in as (aio-pika's default when it names none)."""
+    username = urlsplit(amqp_url).username
+    return unquote(username) if username else "guest"
+
+
 class DeadLetters:
     """The dead-letter queue, seen through `entries` and `replay`."""
 
-    def __init__(self, amqp_url: str, queue: str, command_exchange: str) -> None:
+    def __init__(self, amqp_url: str, queue: str, replay_exchange: str) -> None:
         self._url = amqp_url
         self._queue_name = queue
-        self._exchange_name = command_exchange
+        self._exchange_name = replay_exchange
 
     async def entries(self) -> list[DeadLetter]:
         return [letter for letter, _ in await self._visit(replay_ids=None)]
 
     async def replay(self, ids: Sequence[str] | None) -> list[DeadLetter]:
-        """Send matching commands (all when `ids` is None) back to the command exchange."""
+        """Send matching commands (all when `ids` is None) to the replay exchange, each with
+        its original routing key. One the broker did not take stays in the queue."""
         return [letter for letter, replayed in await self._visit(ids or "all") if replayed]
 
     async def _visit(self, replay_ids: Sequence[str] | str | None) -> list[tuple[DeadLetter, bool]]:
@@ -84,15 +96,23 @@ class DeadLetters:
                     wanted = replay_ids == "all" or (
                         replay_ids is not None and letter.command_id in replay_ids
                     )
+                    replayed = False
                     if wanted and letter.routing_key:
-                        await exchange.publish(_replayed(message), routing_key=letter.routing_key)
+                        confirmation = await exchange.publish(
+                            _replayed(message), routing_key=letter.routing_key, mandatory=True
+                        )
+                        # A returned message routed nowhere: not replayed, kept.
+                        replayed = isinstance(confirmation, Basic.Ack)
+                    if replayed:
                         await message.ack()
                     else:
                         held.append(message)
-                    seen.append((letter, wanted and bool(letter.routing_key)))
+                    seen.append((letter, replayed))
             finally:
-                for message in held:
-                    await message.nack(requeue=True)
+                # A channel the broker closed (access refused) has requeued them itself.
+                if not channel.is_closed:
+                    for message in held:
+                        await message.nack(requeue=True)
         return seen
 
 

@@ -46,8 +46,9 @@ _JSON_CONTENT_TYPE = re.compile(r"^application/json\s*(;.*)?$", re.IGNORECASE)
 _SAFE_ROUTING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
 UNKNOWN_COMMAND_EVENT = "command.failed"
 
-# Headers the worker reads on a command.
-DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues on redelivery
+# Headers the worker reads on a command. The `x-itwin-*` ones count only on messages that came
+# through the worker's own exchanges (`service.trust`).
+DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues on every delivery
 DELAYED_ATTEMPT_HEADER = "x-itwin-delayed-attempt"
 REPLAY_HEADER = "x-itwin-replay"
 
@@ -64,6 +65,11 @@ class Delivery:
     reply_to: str | None = None
     content_type: str | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
+    """The headers the worker may act on (see `service.trust`)."""
+    ignored_headers: tuple[str, ...] = ()
+    """The worker's own headers, sent by someone else: names only, made printable."""
+    refused_reply_to: str | None = None
+    """A reply_to outside REPLY_TO_PATTERN (then `reply_to` is None), made printable."""
 
     def header_int(self, name: str) -> int:
         value = self.headers.get(name)
@@ -146,6 +152,16 @@ class Pipeline:
             correlation_id=delivery.correlation_id,
             routing_key=delivery.routing_key,
         )
+        if delivery.ignored_headers:
+            log.warning(
+                "ignored the worker's own headers: the message did not come through its exchanges",
+                headers=list(delivery.ignored_headers),
+            )
+        if delivery.refused_reply_to is not None:
+            log.warning(
+                "reply_to not allowed by REPLY_TO_PATTERN; the event goes to the event exchange",
+                reply_to=delivery.refused_reply_to,
+            )
         routing_key = self._metrics.routing_key(delivery.routing_key)
         self._metrics.commands_received.labels(routing_key).inc()
         self._metrics.in_flight.inc()

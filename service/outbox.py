@@ -42,11 +42,12 @@ class BrokerOutbox:
     def __init__(self, broker: RabbitBroker, topology: Topology) -> None:
         self._broker = broker
         self._topology = topology
-        self._own_queue_prefix = topology.settings.queue_prefix
         self.events: Exchange | None = None
         """The events exchange, declared by the worker at start-up."""
 
     async def publish(self, event: EncodedEvent, reply_to: str | None) -> None:
+        """The event to the event exchange and to `reply_to`, which the caller has vetted
+        (`service.trust`: a command's at delivery; a poll's was its command's)."""
         events = self.events
         assert events is not None, "the worker declares the events exchange at start"
         if events.channel.is_closed:
@@ -69,11 +70,12 @@ class BrokerOutbox:
             ),
             mandatory=False,
         )
-        # A reply_to naming one of our own queues would feed our event back in as a command.
-        if reply_to and not reply_to.startswith(self._own_queue_prefix):
+        if reply_to:
             await self._reply(event, reply_to)
 
     async def _reply(self, event: EncodedEvent, reply_to: str) -> None:
+        # Not mandatory: a reply queue that is gone (or a direct reply-to whose producer left)
+        # drops the copy; the event is on the event exchange either way.
         await self._broker.publish(
             event.body,
             routing_key=reply_to,
@@ -86,19 +88,21 @@ class BrokerOutbox:
         )
 
     async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None:
-        """Park the command in the delay queue; it expires back into its work queue."""
+        """Park the command in the delay queue; it expires back into its work queue through the
+        retry exchange, by its own routing key (the one its work queue is bound with). Only
+        known commands are delayed: an unknown one fails for good at once."""
         exchange, _ = self._topology.delays[seconds]
-        # It comes back through the default exchange, keyed by queue: keep the original key.
-        headers = {DELAYED_ATTEMPT_HEADER: attempt, ROUTING_KEY_HEADER: delivery.routing_key}
-        await self._republish(delivery, exchange, delivery.queue, headers)
+        headers = {DELAYED_ATTEMPT_HEADER: attempt}
+        await self._republish(delivery, exchange, delivery.routing_key, headers)
 
     async def schedule_poll(self, poll: bytes, poll_id: str, delay: float | None) -> None:
-        queue = self._topology.poll_queue.name
-        exchange = None if delay is None else self._topology.delays[delay][0]
+        # Through the retry exchange, now or after the delay: the poll queue takes no other.
+        topology = self._topology
+        exchange = topology.retry if delay is None else topology.delays[delay][0]
         await self._broker.publish(
             poll,
             exchange=exchange,
-            routing_key=queue,
+            routing_key=topology.poll_queue.name,  # its binding key on the retry exchange
             persist=True,
             mandatory=False,
             message_id=poll_id,

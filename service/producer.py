@@ -1,7 +1,8 @@
 """A small producer of commands, as other services would write one: used by `send` and `demo`.
 
 It publishes to the command exchange exactly as the contract asks (persistent, JSON,
-message_id, optional reply_to) and can wait on a private reply queue for the events.
+message_id, optional reply_to) and gets the events through RabbitMQ direct reply-to: no queue
+to declare (so no configure permission), and the worker always honours it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+
+from service.trust import DIRECT_REPLY_TO
 
 
 class BrokerUnreachable(Exception):
@@ -21,7 +25,7 @@ class BrokerUnreachable(Exception):
 
 
 class Producer:
-    """Publishes commands and collects the events that come back on its reply queue."""
+    """Publishes commands and collects the events that come back to it."""
 
     def __init__(self, amqp_url: str, command_exchange: str) -> None:
         self._url = amqp_url
@@ -29,7 +33,6 @@ class Producer:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._replies: AbstractQueue | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
         self._arrived = asyncio.Condition()
@@ -43,8 +46,10 @@ class Producer:
         self._channel = await self._connection.channel(publisher_confirms=True)
         # Passive: a producer must not create the worker's exchange with the wrong arguments.
         self._exchange = await self._channel.get_exchange(self._exchange_name, ensure=True)
-        self._replies = await self._channel.declare_queue(exclusive=True, auto_delete=True)
-        await self._replies.consume(self._on_reply, no_ack=True)
+        # Direct reply-to, as RabbitMQ documents it: consumed without acks, and the commands
+        # published on this same channel (the broker ties the reply address to it).
+        replies = await self._channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+        await replies.consume(self._on_reply, no_ack=True)
         return self
 
     async def __aexit__(
@@ -55,11 +60,6 @@ class Producer:
     ) -> None:
         if self._connection is not None:
             await self._connection.close()
-
-    @property
-    def reply_to(self) -> str:
-        assert self._replies is not None, "use Producer as an async context manager"
-        return self._replies.name
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         event = json.loads(message.body)
@@ -83,6 +83,7 @@ class Producer:
         message_id: str | None = None,
         correlation_id: str | None = None,
         reply: bool = True,
+        headers: Mapping[str, Any] | None = None,
     ) -> str:
         """Publish one command; return its message_id."""
         assert self._exchange is not None, "use Producer as an async context manager"
@@ -92,7 +93,8 @@ class Producer:
                 body,
                 message_id=message_id,
                 correlation_id=correlation_id,
-                reply_to=self.reply_to if reply else None,
+                reply_to=DIRECT_REPLY_TO if reply else None,
+                headers=dict(headers or {}),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),

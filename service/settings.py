@@ -6,6 +6,7 @@ the values it needs to each part.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
     """Commands one worker process handles at once (the channel's prefetch count)."""
     delivery_limit: PositiveInt = 5
     """Redeliveries after which the broker dead-letters a command that keeps crashing us."""
+    reply_to_pattern: str = r"^(amq\.rabbitmq\.reply-to.*|reply\..+)$"
+    """Which `reply_to` values are honoured: the whole value must match (RabbitMQ direct
+    reply-to always is, the worker's own queues never are)."""
 
     ca_bundle: Path | None = None
     """Extra PEM file of CAs trusted for the API and the token endpoint, besides the system's
@@ -113,6 +117,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with amqp:// or amqps://")
         return value
 
+    @field_validator("reply_to_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -138,8 +151,20 @@ class Settings(BaseSettings):
         """Where the next look at a followed job waits for a worker."""
         return f"{self.queue_prefix}job.poll"
 
+    @property
+    def retry_exchange(self) -> str:
+        """Where the delay queues dead-letter back to the work queues; only the worker writes."""
+        return f"{self.queue_prefix}retry"
+
+    @property
+    def replay_exchange(self) -> str:
+        """Where `itwin-worker dlq replay` publishes; only operators write."""
+        return f"{self.queue_prefix}replay"
+
     def delay_queue(self, seconds: float) -> str:
-        return f"{self.queue_prefix}delay.{seconds:g}s"
+        # Not `delay.<N>s`: those queues dead-letter to the default exchange, and RabbitMQ
+        # refuses to redeclare a queue with another dead-letter exchange.
+        return f"{self.queue_prefix}wait.{seconds:g}s"
 
 
 class SettingsError(Exception):

@@ -76,7 +76,7 @@ async def test_delayed_redelivery_then_dead_letter_then_replay(
         assert len(producer.events) == 1, "no event while delayed attempts remain"
 
         sim.configure(error_rate=0.0)
-        letters = DeadLetters(amqp_url, "itwin-worker.dlq", "itwin.commands")
+        letters = DeadLetters(amqp_url, "itwin-worker.dlq", "itwin-worker.replay")
         assert command_id in {letter.command_id for letter in await letters.entries()}
         replayed = await letters.replay([command_id])
         assert [letter.command_id for letter in replayed] == [command_id]
@@ -106,7 +106,7 @@ async def test_replay_repeats_a_recorded_outcome_unknown(
         # Sent again by a producer: the recorded outcome, no second POST.
         await producer.publish("application.create", body(document), message_id=command_id)
         # Replayed by an operator who checked the API: tried again.
-        await DeadLetters(amqp_url, "itwin-worker.dlq", "itwin.commands").replay([command_id])
+        await DeadLetters(amqp_url, "itwin-worker.dlq", "itwin-worker.replay").replay([command_id])
         async with asyncio.timeout(20):
             while len(producer.events) < 3:
                 await asyncio.sleep(0.05)
