@@ -278,10 +278,9 @@ class Pipeline:
             )
         encoded = EncodedEvent.of(event) if event is not None else None
         if token is not None:
-            if reason is None or not reason.retriable:
-                await self._outcomes.record(command_id, token, encoded.body if encoded else b"")
-            else:
-                await self._outcomes.release(command_id, token)
+            # Final, retriable or not (its delays are spent): a re-send gets this same event.
+            # An operator's `dlq replay` is how a final failure is tried again.
+            await self._outcomes.record(command_id, token, encoded.body if encoded else b"")
         if encoded is not None:
             if reason is not None and reason.dead_letter:
                 await self._outbox.dead_letter(delivery, encoded, reason)

@@ -209,12 +209,12 @@ async def test_a_producers_headers_do_not_reopen_a_completed_command(
     assert "forged.routing-key" not in worker.log(), "never the values"
 
 
-async def test_a_producers_header_does_not_change_a_commands_delayed_attempts(
+async def test_a_command_whose_delays_are_spent_stays_final_whatever_a_producer_sends(
     secured: SecuredBroker, sim: SimulatorHandle, start_worker: StartWorker
 ) -> None:
-    """Delays spent, the failure is final (a retriable outcome is not recorded, so a re-send
-    is worked again, on its own schedule): `x-itwin-delayed-attempt` from a producer neither
-    resets that schedule (0) nor spends it (1 of 1)."""
+    """Delays spent, the failure is final and recorded: a re-send with
+    `x-itwin-delayed-attempt: 0` (or any header of the worker's) gets that same event again,
+    with no API call."""
     await start_worker(retry_delays=[0.2], retry_attempts=1)
     sim.configure(error_rate=1.0, error_statuses=[503])
     async with Producer(secured.producer, "itwin.commands") as producer:
@@ -223,18 +223,19 @@ async def test_a_producers_header_does_not_change_a_commands_delayed_attempts(
             final = await producer.event_for(command_id)
         assert final["error"]["code"] == "RetriesExhausted"
         assert len(sim.requests(kind="api")) == 2, "one attempt, one more after the delay"
-        for n, attempt in enumerate([0, 1], start=1):
+        sim.configure(error_rate=0.0)
+        for n, headers in enumerate(
+            [{DELAYED_ATTEMPT_HEADER: 0}, {DELAYED_ATTEMPT_HEADER: 0, REPLAY_HEADER: True}],
+            start=1,
+        ):
             sim.clear_requests()
             await producer.publish(
-                "workspace.create",
-                body({"name": "w"}),
-                message_id=command_id,
-                headers={DELAYED_ATTEMPT_HEADER: attempt},
+                "workspace.create", body({"name": "w"}), message_id=command_id, headers=headers
             )
             async with asyncio.timeout(20):
                 again = await producer.nth_event(command_id, n)
-            assert again["error"]["code"] == "RetriesExhausted"
-            assert len(sim.requests(kind="api")) == 2, f"header {attempt}: the same schedule"
+            assert again == final, f"{headers}: the recorded event"
+            assert sim.requests(kind="api") == [], f"{headers}: no API call"
 
 
 Publish = Callable[[aio_pika.abc.AbstractChannel], Awaitable[Any]]

@@ -154,15 +154,15 @@ async def test_retriable_failure_is_delayed_without_an_event_then_final() -> Non
     assert outbox.dead == ["RetriesExhausted"]
 
 
-async def test_a_retriable_outcome_is_not_recorded() -> None:
+async def test_a_final_retriable_outcome_is_recorded_like_any_other() -> None:
+    """Its delays spent, a retriable failure is final: a re-send gets the same event."""
     api, outbox = FakeApi(RetriesExhausted("down", status=503), created()), FakeOutbox()
     worker = pipeline(api, outbox)
     await worker.handle(SPEC, delivery())
     await worker.handle(SPEC, delivery())
-    assert [event["type"] for event in outbox.published] == [
-        "workspace.create.failed",
-        "workspace.created",
-    ]
+    assert [event["type"] for event in outbox.published] == ["workspace.create.failed"] * 2
+    assert outbox.published[0] == outbox.published[1]
+    assert len(api.requests) == 1
 
 
 async def test_a_crash_is_redelivered_until_the_last_delivery_then_becomes_an_event() -> None:
