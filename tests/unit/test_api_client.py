@@ -1,0 +1,224 @@
+"""The API client's decisions on httpx's `MockTransport`: classification, retries, the one
+token refresh after a 401, the shared pause after a 429, the token taken after the wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from service.api import ApiClient, RetryPolicy
+from service.auth import ClientCredentials, TokenProvider
+from service.commands import ApiRequest
+from service.errors import ApiError, OutcomeUnknown, RetriesExhausted, Unauthorized
+from service.limiter import LocalLimiter, buckets_for
+from service.metrics import Metrics
+
+POST = ApiRequest("POST", "/contextcapture/workspaces", {"name": "w"}, "workspaces")
+GET = ApiRequest("GET", "/contextcapture/workspaces/w1", None, "workspace")
+CREATED = {"workspace": {"id": "w1", "name": "w"}}
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Clock:
+    """Time that moves only when the limiter sleeps: waits are exact and instant."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class Identity:
+    """A token endpoint handing out numbered tokens, counting fetches."""
+
+    def __init__(self, lifetime: float = 3600.0) -> None:
+        self.issued = 0
+        self.lifetime = lifetime
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.issued += 1
+        return httpx.Response(
+            200, json={"access_token": f"token-{self.issued}", "expires_in": self.lifetime}
+        )
+
+
+def client(api: Handler, identity: Identity | None = None, clock: Clock | None = None) -> ApiClient:
+    clock = clock or Clock()
+    identity = identity or Identity()
+    tokens = TokenProvider(
+        httpx.AsyncClient(transport=httpx.MockTransport(identity)),
+        ClientCredentials("https://ims.example/token", "id", SecretStr("secret"), "scope"),
+        clock=clock,
+    )
+    return ApiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(api)),
+        tokens,
+        LocalLimiter(buckets_for(10.0, 1), clock=clock, sleep=clock.sleep),
+        RetryPolicy(attempts=3, initial=0.0001, maximum=0.0001, rate_limit_budget=30.0),
+        base_url="https://api.example",
+        metrics=Metrics(frozenset()),
+    )
+
+
+def answers(*responses: httpx.Response) -> tuple[Handler, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0)
+
+    return handle, seen
+
+
+def error(status: int, code: str, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        status, json={"error": {"code": code, "message": f"{code}!"}}, headers=headers
+    )
+
+
+async def test_a_success_returns_the_document_with_the_worker_headers() -> None:
+    handle, seen = answers(httpx.Response(201, json=CREATED))
+    response = await client(handle).send(POST)
+    assert (response.status, response.document, response.attempts) == (201, CREATED, 1)
+    [request] = seen
+    assert request.url == "https://api.example/contextcapture/workspaces"
+    assert request.headers["authorization"] == "Bearer token-1"
+    assert request.headers["accept"] == "application/vnd.bentley.itwin-platform.v1+json"
+    assert request.content == b'{"name":"w"}'
+
+
+async def test_a_clean_refusal_is_the_apis_error_not_retried() -> None:
+    handle, seen = answers(error(422, "InvalidContextCaptureRequest"))
+    with pytest.raises(ApiError) as raised:
+        await client(handle).send(POST)
+    assert (raised.value.status, raised.value.code, raised.value.dead_letter) == (
+        422, "InvalidContextCaptureRequest", False,
+    )  # fmt: skip
+    assert len(seen) == 1
+
+
+async def test_a_503_is_retried_until_the_attempts_are_spent() -> None:
+    handle, seen = answers(*[error(503, "ServiceUnavailable")] * 3)
+    with pytest.raises(RetriesExhausted) as raised:
+        await client(handle).send(POST)
+    assert len(seen) == 3
+    assert (raised.value.attempts, raised.value.status) == (3, 503)
+
+
+async def test_a_500_is_retried_on_a_get_but_not_on_a_post() -> None:
+    handle, seen = answers(error(500, "Boom"), httpx.Response(200, json=CREATED))
+    assert (await client(handle).send(GET)).attempts == 2
+    handle, seen = answers(error(500, "Boom"))
+    with pytest.raises(ApiError) as raised:
+        await client(handle).send(POST)
+    assert raised.value.dead_letter
+    assert len(seen) == 1
+
+
+async def test_a_401_refreshes_the_token_once_then_gives_up() -> None:
+    identity = Identity()
+    handle, seen = answers(error(401, "InvalidToken"), httpx.Response(201, json=CREATED))
+    assert (await client(handle, identity).send(POST)).attempts == 2
+    assert [r.headers["authorization"] for r in seen] == ["Bearer token-1", "Bearer token-2"]
+
+    handle, seen = answers(error(401, "InvalidToken"), error(401, "InvalidToken"))
+    with pytest.raises(ApiError) as raised:
+        await client(handle, Identity()).send(POST)
+    assert (raised.value.status, raised.value.dead_letter) == (401, True)
+
+
+async def test_a_429_pauses_the_limiter_for_retry_after_then_retries() -> None:
+    clock = Clock()
+    handle, seen = answers(error(429, "TooManyRequests", **{"retry-after": "7"}),
+                           httpx.Response(201, json=CREATED))  # fmt: skip
+    started = clock.now
+    assert (await client(handle, clock=clock).send(POST)).attempts == 2
+    assert clock.now - started >= 7.0, "the retry waited out the pause"
+    assert len(seen) == 2
+
+
+async def test_429s_beyond_the_wait_budget_end_the_command() -> None:
+    handle, seen = answers(*[error(429, "RateLimitExceeded", **{"retry-after": "20"})] * 3)
+    with pytest.raises(RetriesExhausted) as raised:
+        await client(handle).send(POST)
+    assert len(seen) == 2, "20 s + 20 s of pauses passes the 30 s budget"
+    assert "rate limited" in raised.value.message
+
+
+async def test_the_token_is_taken_after_the_limiter_wait() -> None:
+    """40 calls at once, 0.1 s tokens, slots 5 ms apart (real time): the last waits ~0.2 s for
+    its slot. A token taken before that wait would have expired at the API; taken after it,
+    none has."""
+    identity = Identity(lifetime=0.1)
+    issued_at: dict[str, float] = {}
+    refused: list[str] = []
+
+    def issue(request: httpx.Request) -> httpx.Response:
+        response = identity(request)
+        issued_at[f"token-{identity.issued}"] = time.monotonic()
+        return response
+
+    def api(request: httpx.Request) -> httpx.Response:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        if time.monotonic() - issued_at[token] >= identity.lifetime:
+            refused.append(token)
+            return error(401, "InvalidToken")
+        return httpx.Response(201, json=CREATED)
+
+    tokens = TokenProvider(
+        httpx.AsyncClient(transport=httpx.MockTransport(issue)),
+        ClientCredentials("https://ims.example/token", "id", SecretStr("secret"), "scope"),
+    )
+    sender = ApiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(api)),
+        tokens,
+        LocalLimiter(buckets_for(200.0, 1)),
+        RetryPolicy(),
+        base_url="https://api.example",
+        metrics=Metrics(frozenset()),
+    )
+    results = await asyncio.gather(*(sender.send(POST) for _ in range(40)))
+    assert refused == []
+    assert all(result.attempts == 1 for result in results)
+    assert identity.issued >= 2, "the backlog outlived a token"
+
+
+async def test_a_lost_answer_of_a_post_is_outcome_unknown() -> None:
+    def drop(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset", request=request)
+
+    with pytest.raises(OutcomeUnknown):
+        await client(drop).send(POST)
+
+
+async def test_no_token_means_no_call() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    handle, seen = answers()
+    api = ApiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        TokenProvider(
+            httpx.AsyncClient(transport=httpx.MockTransport(down)),
+            ClientCredentials("https://ims.example/token", "id", SecretStr("secret"), "scope"),
+        ),
+        LocalLimiter(buckets_for(10.0, 1)),
+        RetryPolicy(),
+        base_url="https://api.example",
+        metrics=Metrics(frozenset()),
+    )
+    with pytest.raises(Unauthorized):
+        await api.send(POST)
+    assert seen == []
