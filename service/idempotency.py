@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.limiter import LIMITER_LUA, RedisLimiter, Reservation
+from service.redis_connection import RedisClient
 from service.redis_keys import RedisKeys
-from service.redis_scripts import ScriptConnection
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class RedisOutcomes:
 
     def __init__(
         self,
-        redis: ScriptConnection,
+        redis: RedisClient,
         keys: RedisKeys,
         ttl: float,
         lease: float,

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.redis_connection import RedisClient
 from service.redis_keys import RedisKeys
-from service.redis_scripts import ScriptConnection
 
 Sleep = Callable[[float], Awaitable[None]]
 MIN_LATENESS_SECONDS = 0.01
@@ -259,7 +259,7 @@ class RedisLimiter(_SleepingLimiter):
 
     def __init__(
         self,
-        redis: ScriptConnection,
+        redis: RedisClient,
         keys: RedisKeys,
         buckets: Sequence[Bucket],
         sleep: Sleep = asyncio.sleep,

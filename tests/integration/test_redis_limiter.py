@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 from service.idempotency import Busy, Leased, Recorded, RedisOutcomes
 from service.limiter import Bucket, RedisLimiter, State, pause, reserve
 from service.redis_keys import RedisKeys
-from service.redis_scripts import ScriptConnection
 
 
 class Clock:
@@ -23,13 +22,11 @@ class Clock:
         return self.now
 
 
-async def test_script_matches_the_pure_arithmetic(
-    scripts: ScriptConnection, redis_prefix: str
-) -> None:
+async def test_script_matches_the_pure_arithmetic(redis: Redis, redis_prefix: str) -> None:
     buckets = (Bucket(rate=20, burst=5), Bucket(rate=0.5, burst=40))
     clock = Clock()
     keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
-    limiter = RedisLimiter(scripts, keys, buckets, clock=clock)
+    limiter = RedisLimiter(redis, keys, buckets, clock=clock)
     state = State.empty(buckets)
     rng = random.Random(7)
     for _ in range(300):
@@ -45,23 +42,21 @@ async def test_script_matches_the_pure_arithmetic(
         assert await limiter._pause_remaining() == pytest.approx(remaining, abs=2e-6)
 
 
-async def test_state_expires_once_the_bucket_is_full_again(
-    redis: Redis, scripts: ScriptConnection, redis_prefix: str
-) -> None:
+async def test_state_expires_once_the_bucket_is_full_again(redis: Redis, redis_prefix: str) -> None:
     keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
-    limiter = RedisLimiter(scripts, keys, (Bucket(rate=10, burst=2),))
+    limiter = RedisLimiter(redis, keys, (Bucket(rate=10, burst=2),))
     await limiter.acquire()
     ttl_ms = await redis.pttl(keys.limiter)
     assert 0 < ttl_ms <= 1100
 
 
 async def test_a_leased_claim_reserves_the_first_slot_in_the_same_script(
-    scripts: ScriptConnection, redis_prefix: str
+    redis: Redis, redis_prefix: str
 ) -> None:
     clock = Clock()
     keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
-    limiter = RedisLimiter(scripts, keys, (Bucket(rate=10, burst=1),), clock=clock)
-    outcomes = RedisOutcomes(scripts, keys, ttl=60, lease=5, limiter=limiter)
+    limiter = RedisLimiter(redis, keys, (Bucket(rate=10, burst=1),), clock=clock)
+    outcomes = RedisOutcomes(redis, keys, ttl=60, lease=5, limiter=limiter)
 
     first = await outcomes.claim("c1", reserve=True)
     second = await outcomes.claim("c2", reserve=True)
