@@ -167,8 +167,7 @@ class Worker:
         if self.redis is None:
             log.info("idempotency records in memory: correct for a single replica only")
             return MemoryOutcomes(ttl, lease)
-        limiter = self.limiter if isinstance(self.limiter, RedisLimiter) else None
-        return RedisOutcomes(self.redis.client, self.keys, ttl, lease, limiter)
+        return RedisOutcomes(self.redis.client, self.keys, ttl, lease)
 
     def _subscribe(
         self,
