@@ -14,9 +14,11 @@ What a failing Redis costs a caller is redis-py's configuration, not code of our
 
 - `REDIS_TIMEOUT_SECONDS` bounds each connect and each wait for an answer (socket timeouts);
 - a call that meets a ConnectionError or a TimeoutError is tried again, `RETRIES` times, after
-  jittered back-offs doubling from 0.1 s up to 1 s (1.1 to 2.2 s in all): long enough for a
-  Sentinel to promote a replica. A Redis that stops answering fails its callers within
-  (1 + RETRIES) * timeout + 2.2 s, 10.2 s with the default 2 s timeout;
+  jittered back-offs doubling from 0.2 s up to 1 s (0.6 to 1.2 s in all), and so is the
+  connect (with its handshake) of each attempt: a Redis back within about 2 s, or a Sentinel's
+  new master, costs the caller only that wait. A Redis that stops answering fails its callers
+  within (1 + RETRIES)² timeouts plus the back-offs, about 13 s with the default 1 s timeout
+  (tests/integration/test_redis_connection.py);
 - a connection idle for `HEALTH_CHECK_SECONDS` is PINGed before it is used again, and TCP
   keepalive is on, so a Redis that vanished without closing its sockets is noticed.
 
@@ -38,7 +40,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 from service.settings import Settings, sentinel_address
 
-RETRIES = 3
+RETRIES = 2
 HEALTH_CHECK_SECONDS = 30
 
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -47,7 +49,7 @@ RedisClient: TypeAlias = Redis | RedisCluster
 
 def _retry() -> Retry:
     return Retry(
-        EqualJitterBackoff(cap=1.0, base=0.1),
+        EqualJitterBackoff(cap=1.0, base=0.2),
         RETRIES,
         supported_errors=(ConnectionError, TimeoutError),
     )

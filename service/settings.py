@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     """Password of the Redis servers when `redis_url` carries none."""
     redis_sentinel_password: SecretStr | None = None
     """Password of the sentinels themselves (`requirepass` in their configuration)."""
-    redis_timeout_seconds: PositiveFloat = 2.0
+    redis_timeout_seconds: PositiveFloat = 1.0
     """A Redis connect or answer that takes longer fails the attempt (retries: docs/redis.md)."""
     redis_prefix: str = Field(default="itwin-worker", min_length=1, pattern=r"^[^{}]*$")
     """Start of every key; no braces, which would change the keys' Cluster hash slots."""
