@@ -28,8 +28,8 @@ from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
 from service.outbox import BrokerOutbox
 from service.probes import Probes
+from service.redis_connection import connect_redis
 from service.redis_keys import RedisKeys
-from service.redis_scripts import ScriptConnection
 from service.settings import Settings, SettingsError
 from service.topology import Topology
 from service.trust import Trust, printable
@@ -108,7 +108,7 @@ class Worker:
             ca_bundle=settings.ca_bundle,
             proxies_from_environment=settings.proxies_from_environment,
         )
-        self.redis = ScriptConnection(settings.redis_url) if settings.redis_url else None
+        self.redis = connect_redis(settings)
         self.keys = RedisKeys(settings.redis_prefix)
         self.tokens = TokenProvider(
             self.http, credentials_from(settings), settings.token_refresh_margin_seconds
@@ -164,7 +164,7 @@ class Worker:
         )
         if self.redis is None:
             return LocalLimiter(buckets)
-        return RedisLimiter(self.redis, self.keys, buckets)
+        return RedisLimiter(self.redis.client, self.keys, buckets)
 
     def _outcomes(self) -> OutcomeStore:
         settings = self.settings
@@ -172,8 +172,7 @@ class Worker:
         if self.redis is None:
             log.info("idempotency records in memory: correct for a single replica only")
             return MemoryOutcomes(ttl, lease)
-        limiter = self.limiter if isinstance(self.limiter, RedisLimiter) else None
-        return RedisOutcomes(self.redis, self.keys, ttl, lease, limiter)
+        return RedisOutcomes(self.redis.client, self.keys, ttl, lease)
 
     def _subscribe(
         self,
@@ -203,7 +202,7 @@ class Worker:
         if self.redis is not None:
             try:
                 async with asyncio.timeout(1.0):
-                    checks["redis"] = await self.redis.call("PING") == b"PONG"
+                    checks["redis"] = await self.redis.ping()
             except (OSError, RedisError, TimeoutError):
                 checks["redis"] = False
         return checks

@@ -1,8 +1,7 @@
 """The one pipeline every command goes through.
 
 delivery → ids → validate (spec.parse, no I/O) → claim the id (a recorded outcome is published
-again, nothing is called; a valid command's first API slot is reserved in the same round trip)
-→ API call (limiter, token, retries inside the client) → event
+again, nothing is called) → API call (limiter, token, retries inside the client) → event
 → record the outcome → dead-letter copy when the failure is a fault → publish.
 
 A retriable failure is not final while delayed attempts remain: the command goes to a delay
@@ -35,7 +34,6 @@ from service.errors import (
 from service.events import EncodedEvent, Event, failure, success
 from service.idempotency import OutcomeStore, Recorded, claim_when_free
 from service.jobs import JobFollower
-from service.limiter import Reservation
 from service.messages import Command, JobRef
 from service.metrics import Metrics
 
@@ -77,9 +75,7 @@ class Delivery:
 
 
 class Api(Protocol):
-    async def send(
-        self, request: ApiRequest, reserved: Reservation | None = None
-    ) -> ApiResponse: ...
+    async def send(self, request: ApiRequest) -> ApiResponse: ...
 
 
 class Outbox(Protocol):
@@ -198,14 +194,10 @@ class Pipeline:
             prepared = _prepare(spec, delivery)
         except Exception as exc:  # re-raised in `_outcome`: a refusal becomes its event, a bug
             prepared = exc  # in validation meets the poison bound like any other crash
-        token, reservation = None, None
+        token = None
         if deduplicate:
             claim = await claim_when_free(
-                self._outcomes,
-                command_id,
-                fresh=bool(delivery.headers.get(REPLAY_HEADER)),
-                # Invalid input must not spend API budget.
-                reserve=not isinstance(prepared, Exception),
+                self._outcomes, command_id, fresh=bool(delivery.headers.get(REPLAY_HEADER))
             )
             if isinstance(claim, Recorded):
                 # An empty record: the command's only announcement is its job's own events.
@@ -213,12 +205,12 @@ class Pipeline:
                     await self._outbox.publish(EncodedEvent.parse(claim.event), delivery.reply_to)
                 log.info("duplicate command: answered from its recorded outcome")
                 return "duplicate", ""
-            token, reservation = claim.token, claim.reservation
+            token = claim.token
         else:
             log.warning("command has no message_id; it cannot be deduplicated")
         try:
             event, reason, status, command = await self._outcome(
-                spec, delivery, command_id, prepared, reservation
+                spec, delivery, command_id, prepared
             )
         except Exception as exc:
             if token is not None:
@@ -304,7 +296,6 @@ class Pipeline:
         delivery: Delivery,
         command_id: str,
         prepared: Prepared | Exception,
-        reservation: Reservation | None,
     ) -> tuple[Event | None, WorkerError | None, int | None, Command | None]:
         """The event (None when the job's own events will speak), the error, the status."""
         try:
@@ -312,7 +303,7 @@ class Pipeline:
                 raise prepared
             command, request = prepared
             assert spec is not None  # a prepared command has a spec
-            response = await self._api.send(request, reservation)
+            response = await self._api.send(request)
             result = _inner_object(response, spec)
         except WorkerError as error:
             return self._failure(spec, delivery, command_id, error), error, error.status, None

@@ -9,9 +9,8 @@ delivery tries again.
 `RedisOutcomes` is shared by every replica. `MemoryOutcomes` is for a single replica only: two
 processes with their own memory would each work a command delivered to both.
 
-A claim may also `reserve` the command's first API slot: with the Redis limiter, the lease and
-the slot are taken in one script, one round trip fewer per command (measured 8 % less CPU per
-command when a round trip went through redis-py; see `service/redis_scripts.py` for today's).
+The API budget is not touched here: a claim's keys and the limiter's live in different Redis
+Cluster hash slots, and one script may touch only one (`service/redis_keys.py`).
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.limiter import LIMITER_LUA, RedisLimiter, Reservation
+from service.redis_connection import RedisClient
 from service.redis_keys import RedisKeys
-from service.redis_scripts import ScriptConnection
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,9 @@ class Recorded:
 
 @dataclass(frozen=True)
 class Leased:
-    """We may work on the command; pass `token` back to record or release. `reservation` is
-    its first API slot, when one was asked for and the store could take it in passing."""
+    """We may work on the command; pass `token` back to record or release."""
 
     token: str
-    reservation: Reservation | None = None
 
 
 @dataclass(frozen=True)
@@ -56,9 +52,8 @@ Claim = Recorded | Leased | Busy
 
 
 class OutcomeStore(Protocol):
-    async def claim(self, command_id: str, *, fresh: bool = False, reserve: bool = False) -> Claim:
-        """Recorded, Busy or Leased; `fresh` ignores a recorded outcome (an operator's replay);
-        `reserve` asks for the first API slot along with the lease (a hint: may be ignored)."""
+    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
+        """Recorded, Busy or Leased; `fresh` ignores a recorded outcome (an operator's replay)."""
         ...
 
     async def record(self, command_id: str, token: str, event: bytes) -> None: ...
@@ -67,11 +62,11 @@ class OutcomeStore(Protocol):
 
 
 async def claim_when_free(
-    store: OutcomeStore, command_id: str, *, fresh: bool = False, reserve: bool = False
+    store: OutcomeStore, command_id: str, *, fresh: bool = False
 ) -> Recorded | Leased:
     """Claim the id, waiting while another worker holds its lease (it ends or it expires)."""
     while True:
-        claim = await store.claim(command_id, fresh=fresh, reserve=reserve)
+        claim = await store.claim(command_id, fresh=fresh)
         if not isinstance(claim, Busy):
             return claim
         await asyncio.sleep(min(max(claim.remaining, 0.05), 1.0))
@@ -94,7 +89,7 @@ class MemoryOutcomes:
         self._outcomes: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._leases: dict[str, tuple[float, str]] = {}
 
-    async def claim(self, command_id: str, *, fresh: bool = False, reserve: bool = False) -> Claim:
+    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
         now = self._clock()
         outcome = self._outcomes.get(command_id)
         if outcome is not None and outcome[0] > now and not fresh:
@@ -119,21 +114,17 @@ class MemoryOutcomes:
             del self._leases[command_id]
 
 
-# KEYS: outcome, lease[, limiter]. ARGV: token, lease ms, fresh ('1' ignores a recorded
-# outcome)[, then the limiter's arguments: a leased claim also reserves the first API slot].
-# Returns {'recorded', event} | {'leased', slot wait or ''} | {'busy', pttl}.
-_CLAIM = (
-    LIMITER_LUA
-    + """
+# Both scripts may run twice for one call (redis-py retries a call whose answer was lost):
+# a second claim finds its own lease and is leased again, a second finish changes nothing.
+# KEYS: outcome, lease. ARGV: token, lease ms, fresh ('1' ignores a recorded outcome).
+# Returns {'recorded', event} | {'leased'} | {'busy', pttl}.
+_CLAIM = """
 local event = ARGV[3] ~= '1' and redis.call('GET', KEYS[1])
 if event then return {'recorded', event} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if KEYS[3] then return {'leased', limiter(KEYS[3], ARGV, 4)} end
-  return {'leased', ''}
-end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'leased'} end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return {'leased'} end
 return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
 """
-)
 # KEYS: outcome, lease. ARGV: token, event ('' to only release), ttl ms.
 _FINISH = """
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
@@ -143,40 +134,27 @@ return 1
 
 
 class RedisOutcomes:
-    """Records shared by every replica: one script round trip per claim and per finish."""
+    """Records shared by every replica: one script call per claim and per finish, each on the
+    two keys of one command, which share a Redis Cluster hash slot."""
 
-    def __init__(
-        self,
-        redis: ScriptConnection,
-        keys: RedisKeys,
-        ttl: float,
-        lease: float,
-        limiter: RedisLimiter | None = None,
-    ) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys, ttl: float, lease: float) -> None:
         self._keys = keys
-        self._limiter = limiter
         self._ttl_ms = str(int(ttl * 1000))
         self._lease_ms = str(int(lease * 1000))
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
 
-    async def claim(self, command_id: str, *, fresh: bool = False, reserve: bool = False) -> Claim:
+    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
         token = uuid.uuid4().hex
-        keys = [self._keys.outcome(command_id), self._keys.lease(command_id)]
-        args = [token, self._lease_ms, "1" if fresh else "0"]
-        limiter = self._limiter if reserve else None
-        if limiter is not None:
-            keys.append(limiter.key)
-            args += limiter.arguments()
-        asked = limiter.now() if limiter else 0.0
-        state, value = await self._claim(keys=keys, args=args)
-        if state == b"recorded":
-            return Recorded(bytes(value))
-        if state == b"leased":
-            if limiter is None:
-                return Leased(token)
-            return Leased(token, Reservation(asked, limiter.now(), float(value)))
-        return Busy(max(int(value), 0) / 1000)
+        answer = await self._claim(
+            keys=[self._keys.outcome(command_id), self._keys.lease(command_id)],
+            args=[token, self._lease_ms, "1" if fresh else "0"],
+        )
+        if answer[0] == b"recorded":
+            return Recorded(bytes(answer[1]))
+        if answer[0] == b"leased":
+            return Leased(token)
+        return Busy(max(int(answer[1]), 0) / 1000)
 
     async def record(self, command_id: str, token: str, event: bytes) -> None:
         await self._finish(

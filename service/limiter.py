@@ -6,7 +6,8 @@ time, so callers are served in arrival order and each sleeps exactly once, with 
 updated by one Lua script on Redis's own clock so replicas' clock skew does not matter.
 
 Guarantee: the start times of any sequence of reservations conform to every bucket, so in any
-window of length W at most rate·W + burst calls start.
+window of length W at most rate·W + burst calls start; with Redis, across a failover of its
+master too (see `_SCRIPT`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.redis_connection import RedisClient
 from service.redis_keys import RedisKeys
-from service.redis_scripts import ScriptConnection
 
 Sleep = Callable[[float], Awaitable[None]]
 MIN_LATENESS_SECONDS = 0.01
@@ -94,17 +95,18 @@ def pause(buckets: Sequence[Bucket], state: State, until: float) -> State:
 
 @dataclass(frozen=True)
 class Reservation:
-    """A start slot `wait` seconds ahead, possibly reserved before the call it is for (in the
-    same Redis round trip as the command's idempotency claim).
+    """A start slot `wait` seconds ahead, as the store gave it.
 
     The round trip blurs when "now" was for the store, so both ends are kept: the caller
     sleeps from `answered` (never starting early) and is late if past `asked` + wait + lateness
-    allowed (never crowding the next slot).
+    allowed (never crowding the next slot). `epoch` names the store that gave the slot (see
+    `RedisLimiter`): a slot from another epoch may have been lost, and given to someone else.
     """
 
     asked: float
     answered: float
     wait: float
+    epoch: str = ""
 
 
 class Limiter(Protocol):
@@ -147,31 +149,31 @@ class _SleepingLimiter:
         # at high rates a tighter bound would never let anyone through.
         self._lateness_allowed = max(self._buckets[0].interval / 2, MIN_LATENESS_SECONDS)
 
-    def now(self) -> float:
-        return self._timer()
-
     async def acquire(self, reserved: Reservation | None = None) -> float:
         started = self._timer()
         allowed = self._lateness_allowed
         while True:
             if reserved is None:
                 asked = self._timer()
-                wait = await self._reserve()
-                reserved = Reservation(asked, self._timer(), wait)
+                wait, epoch = await self._reserve()
+                reserved = Reservation(asked, self._timer(), wait, epoch)
             slot, reserved = reserved, None
             if slot.wait > 0:
                 await self._sleep(max(slot.answered + slot.wait - self._timer(), 0.0))
-                # A 429 seen by any replica while we slept invalidates our reservation.
-                if await self._pause_remaining() > 0:
+                # A 429 seen by any replica while we slept invalidates our reservation, and so
+                # does a failover of the store that may have lost it.
+                if not await self._holds(slot.epoch):
                     continue
             if self._timer() - (slot.asked + slot.wait) <= allowed:
                 return self._timer() - started
             allowed *= 2
 
-    async def _reserve(self) -> float:
+    async def _reserve(self) -> tuple[float, str]:
+        """The next free slot: seconds until it, and the epoch of the store that gave it."""
         raise NotImplementedError
 
-    async def _pause_remaining(self) -> float:
+    async def _holds(self, epoch: str) -> bool:
+        """No pause since, and the store is still in the epoch that gave the slot."""
         raise NotImplementedError
 
 
@@ -188,78 +190,86 @@ class LocalLimiter(_SleepingLimiter):
         self._clock = clock
         self._state = State.empty(self._buckets)
 
-    async def _reserve(self) -> float:
+    async def _reserve(self) -> tuple[float, str]:
         now = self._clock()
         start, self._state = reserve(self._buckets, self._state, now)
-        return start - now
+        return start - now, ""
 
-    async def _pause_remaining(self) -> float:
-        return max(self._state.paused_until - self._clock(), 0.0)
+    async def _holds(self, epoch: str) -> bool:
+        return self._state.paused_until <= self._clock()
 
     async def pause(self, seconds: float) -> None:
         self._state = pause(self._buckets, self._state, self._clock() + seconds)
 
 
 # The same arithmetic as `reserve` and `pause`, atomically on Redis's clock (now = '') or on a
-# given clock (tests), as a Lua function other scripts can include (see `idempotency`).
-# Numbers go out as strings: Redis truncates Lua numbers to integers.
-# argv[first...]: mode, now, pause seconds, then interval and tolerance of each bucket.
-LIMITER_LUA = """
-local function limiter(key, argv, first)
-  local function fmt(x) return string.format('%.6f', x) end
-  local function arg(i) return argv[first + i - 1] end
-  local mode = arg(1)
-  local now
-  if arg(2) == '' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  else
-    now = tonumber(arg(2))
-  end
-  local n = (#argv - first - 2) / 2
-  local fields = {'paused_until'}
-  for i = 1, n do fields[#fields + 1] = 'tat' .. i end
-  local stored = redis.call('HMGET', key, unpack(fields))
-  local paused_until = tonumber(stored[1]) or 0
-  local tats = {}
-  for i = 1, n do tats[i] = tonumber(stored[i + 1]) or 0 end
-  if mode == 'check' then
-    return fmt(math.max(paused_until - now, 0))
-  end
-  local result
-  if mode == 'pause' then
-    local untl = now + tonumber(arg(3))
-    tats[1] = math.max(tats[1], untl + tonumber(arg(5)))
-    paused_until = math.max(paused_until, untl)
-    result = paused_until - now
-  else
-    local start = now
-    for i = 1, n do start = math.max(start, tats[i] - tonumber(arg(3 + 2 * i))) end
-    for i = 1, n do tats[i] = math.max(tats[i], start) + tonumber(arg(2 + 2 * i)) end
-    result = start - now
-  end
-  local latest = paused_until
-  local update = {'paused_until', fmt(paused_until)}
-  for i = 1, n do
-    update[#update + 1] = 'tat' .. i
-    update[#update + 1] = fmt(tats[i])
-    latest = math.max(latest, tats[i])
-  end
-  redis.call('HSET', key, unpack(update))
-  -- Once every tat has passed, the state equals a missing key: let it expire then.
-  redis.call('PEXPIRE', key, math.ceil((latest - now) * 1000) + 1000)
-  return fmt(result)
+# given clock (tests). Numbers go out as strings: Redis truncates Lua numbers to integers.
+# KEYS: the state hash. ARGV: mode, now, pause seconds, then interval and tolerance of each
+# bucket. Returns {seconds, epoch}: until the reserved slot ('reserve'), or left of the pause.
+#
+# The epoch is the master's replication id, which a promoted replica (Sentinel, Cluster)
+# changes. Replication is asynchronous: writes of the old master's last moments may be lost,
+# so slots it gave may be given again. The first reservation in a new epoch spends every
+# bucket's burst (from now on, steady rates only), and a caller whose slot is of another epoch
+# takes a new one. The state never expires, so a failover finds it (or finds it absent only
+# if it never existed).
+_SCRIPT = """
+local function fmt(x) return string.format('%.6f', x) end
+local key, mode = KEYS[1], ARGV[1]
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[2])
 end
+local epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local n = (#ARGV - 3) / 2
+local fields = {'paused_until', 'epoch'}
+for i = 1, n do fields[#fields + 1] = 'tat' .. i end
+local stored = redis.call('HMGET', key, unpack(fields))
+local paused_until = tonumber(stored[1]) or 0
+if mode == 'check' then
+  return {fmt(math.max(paused_until - now, 0)), epoch}
+end
+local tats = {}
+for i = 1, n do tats[i] = tonumber(stored[i + 2]) or 0 end
+if stored[2] and stored[2] ~= epoch then
+  for i = 1, n do tats[i] = math.max(tats[i], now + tonumber(ARGV[3 + 2 * i])) end
+end
+local result
+if mode == 'pause' then
+  local untl = now + tonumber(ARGV[3])
+  tats[1] = math.max(tats[1], untl + tonumber(ARGV[5]))
+  paused_until = math.max(paused_until, untl)
+  result = paused_until - now
+else
+  local start = now
+  for i = 1, n do start = math.max(start, tats[i] - tonumber(ARGV[3 + 2 * i])) end
+  for i = 1, n do tats[i] = math.max(tats[i], start) + tonumber(ARGV[2 + 2 * i]) end
+  result = start - now
+end
+local update = {'paused_until', fmt(paused_until), 'epoch', epoch}
+for i = 1, n do
+  update[#update + 1] = 'tat' .. i
+  update[#update + 1] = fmt(tats[i])
+end
+redis.call('HSET', key, unpack(update))
+return {fmt(result), epoch}
 """
-_SCRIPT = LIMITER_LUA + "return limiter(KEYS[1], ARGV, 1)"
 
 
 class RedisLimiter(_SleepingLimiter):
-    """The budget shared by every replica that points at the same Redis and key prefix."""
+    """The budget shared by every replica that points at the same Redis and key prefix.
+
+    One script call per reservation, and one more for a caller that slept (did a pause or a
+    failover come meanwhile?). A call redis-py retries after a lost answer may reserve twice:
+    a slot is wasted, the bound holds.
+    """
 
     def __init__(
         self,
-        redis: ScriptConnection,
+        redis: RedisClient,
         keys: RedisKeys,
         buckets: Sequence[Bucket],
         sleep: Sleep = asyncio.sleep,
@@ -273,23 +283,19 @@ class RedisLimiter(_SleepingLimiter):
         for bucket in buckets:
             self._bucket_args += [repr(bucket.interval), repr(bucket.tolerance)]
 
-    @property
-    def key(self) -> str:
-        return self._key
-
-    def arguments(self, mode: str = "reserve", seconds: float = 0.0) -> list[str]:
-        """`LIMITER_LUA`'s arguments for one operation."""
+    async def _run(self, mode: str, seconds: float = 0.0) -> tuple[float, str]:
         now = "" if self._clock is None else repr(self._clock())
-        return [mode, now, repr(seconds), *self._bucket_args]
+        seconds_left, epoch = await self._script(
+            keys=[self._key], args=[mode, now, repr(seconds), *self._bucket_args]
+        )
+        return float(seconds_left), epoch.decode()
 
-    async def _run(self, mode: str, seconds: float = 0.0) -> float:
-        return float(await self._script(keys=[self._key], args=self.arguments(mode, seconds)))
-
-    async def _reserve(self) -> float:
+    async def _reserve(self) -> tuple[float, str]:
         return await self._run("reserve")
 
-    async def _pause_remaining(self) -> float:
-        return await self._run("check")
+    async def _holds(self, epoch: str) -> bool:
+        paused, now_epoch = await self._run("check")
+        return paused == 0 and now_epoch == epoch
 
     async def pause(self, seconds: float) -> None:
         await self._run("pause", seconds)

@@ -1,7 +1,22 @@
 """Every Redis key the worker uses, built in one place from one prefix.
 
 A deployment (or a test run) that picks its own prefix can share a Redis with others without
-one key of theirs meeting one of ours.
+one key of theirs meeting one of ours: every key starts with `<prefix>:`, and ACLs can grant
+`~<prefix>:*`.
+
+Redis Cluster keeps a key in the hash slot of its hash tag, the text between its first `{` and
+the first `}` after it (the whole key when that text is empty or absent), and a script may only
+touch keys of one slot. So the keys one script touches share a tag:
+
+- a command's outcome and lease: `<prefix>:outcome:{<prefix>:<id>}` and
+  `<prefix>:lease:{<prefix>:<id>}`. The prefix has no braces (settings), so the tag opens at the
+  brace we put after `outcome:` or `lease:`; everything from there on is the same text in both
+  keys, so wherever the first `}` falls (in the id, which is producer input, or the one we put
+  last) both keys get the same tag, and never an empty one: it starts with the prefix. An id
+  with a `}` only moves its records to another slot. The id is the whole rest of the key, so
+  two ids never share a key, and the text before the brace tells outcome, lease and budget
+  apart;
+- the budget's bucket state: one hash, `<prefix>:limiter:{<prefix>}`.
 """
 
 from __future__ import annotations
@@ -16,12 +31,12 @@ class RedisKeys:
     @property
     def limiter(self) -> str:
         """The GCRA state of the API budget shared by every replica."""
-        return f"{self.prefix}:limiter"
+        return f"{self.prefix}:limiter:{{{self.prefix}}}"
 
     def outcome(self, command_id: str) -> str:
         """The recorded event of a finished command, replayed when it comes again."""
-        return f"{self.prefix}:outcome:{command_id}"
+        return f"{self.prefix}:outcome:{{{self.prefix}:{command_id}}}"
 
     def lease(self, command_id: str) -> str:
         """Held while one replica works on a command, so another does not start it too."""
-        return f"{self.prefix}:lease:{command_id}"
+        return f"{self.prefix}:lease:{{{self.prefix}:{command_id}}}"

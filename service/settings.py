@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio.connection import parse_url
 
 # Community tier: 500 calls a minute. 8/s for 60 s is 480, plus a burst of 20 is exactly 500,
 # so no 60-second window can exceed the budget even when the burst is spent inside it.
@@ -57,7 +58,23 @@ class Settings(BaseSettings):
     """Pause after a 429 that names no usable retry-after."""
 
     redis_url: str | None = None
-    redis_prefix: str = "itwin-worker"
+    """One Redis (`redis://`, `rediss://`, `unix://`), or one node of a Redis Cluster."""
+    redis_sentinels: Annotated[list[str], NoDecode] = []
+    """`host:port` of each sentinel: the master is found (and followed) through them."""
+    redis_sentinel_master: str | None = None
+    """The name the sentinels know the master by."""
+    redis_cluster: bool = False
+    """`redis_url` names one node of a Redis Cluster; the others are found from it."""
+    redis_username: str | None = None
+    """ACL user of the Redis servers when `redis_url` names none (Sentinel mode has no URL)."""
+    redis_password: SecretStr | None = None
+    """Password of the Redis servers when `redis_url` carries none."""
+    redis_sentinel_password: SecretStr | None = None
+    """Password of the sentinels themselves (`requirepass` in their configuration)."""
+    redis_timeout_seconds: PositiveFloat = 1.0
+    """A Redis connect or answer that takes longer fails the attempt (retries: docs/redis.md)."""
+    redis_prefix: str = Field(default="itwin-worker", min_length=1, pattern=r"^[^{}]*$")
+    """Start of every key; no braces, which would change the keys' Cluster hash slots."""
 
     http_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, on the pod IP
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -110,6 +127,20 @@ class Settings(BaseSettings):
     def _parse_schedule(cls, value: object) -> object:
         return _seconds_list(value)
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _parse_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            sentinel_address(address)
+        return value
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
@@ -128,10 +159,56 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        options = parse_url(value)  # raises ValueError naming a bad query option
+        if str(options.get("ssl_cert_reqs", "required")).lower() != "required" or (
+            options.get("ssl_check_hostname") is False
+        ):
+            raise ValueError("TLS to Redis is always verified: drop ssl_cert_reqs and the like")
         return value
+
+    @model_validator(mode="after")
+    def _redis_mode(self) -> Settings:
+        """One of three modes (docs/redis.md), or none; a half-configured one is refused."""
+        url, sentinels, master = self.redis_url, self.redis_sentinels, self.redis_sentinel_master
+        if sentinels and self.redis_cluster:
+            raise ValueError(
+                "ITWIN_WORKER_REDIS_SENTINELS and ITWIN_WORKER_REDIS_CLUSTER exclude each other"
+            )
+        if sentinels and url:
+            raise ValueError(
+                "ITWIN_WORKER_REDIS_SENTINELS finds the master itself: unset ITWIN_WORKER_REDIS_URL"
+            )
+        if sentinels and not master:
+            raise ValueError(
+                "ITWIN_WORKER_REDIS_SENTINELS needs ITWIN_WORKER_REDIS_SENTINEL_MASTER, "
+                "the name the sentinels know the master by"
+            )
+        if master and not sentinels:
+            raise ValueError(
+                "ITWIN_WORKER_REDIS_SENTINEL_MASTER needs ITWIN_WORKER_REDIS_SENTINELS "
+                "(host:port,host:port)"
+            )
+        if self.redis_cluster:
+            if not url:
+                raise ValueError(
+                    "ITWIN_WORKER_REDIS_CLUSTER needs ITWIN_WORKER_REDIS_URL naming one node"
+                )
+            options = parse_url(url)
+            if "path" in options or options.get("db", 0) != 0:
+                raise ValueError(
+                    "ITWIN_WORKER_REDIS_CLUSTER: a cluster is reached over TCP (redis:// or "
+                    "rediss://) and has only database 0"
+                )
+        if url and self.redis_password is not None and "password" in parse_url(url):
+            raise ValueError(
+                "ITWIN_WORKER_REDIS_PASSWORD and a password in ITWIN_WORKER_REDIS_URL: give one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _schedule_not_empty(self) -> Settings:
@@ -167,6 +244,15 @@ class Settings(BaseSettings):
         return f"{self.queue_prefix}wait.{seconds:g}s"
 
 
+def sentinel_address(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets) as the pair redis-py's Sentinel takes."""
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
 class SettingsError(Exception):
     """Raised at start-up with one line per bad variable, named as the operator wrote it."""
 
@@ -178,6 +264,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            field = ".".join(str(part) for part in error["loc"])
+            if not field:  # a rule across fields: its message names them
+                lines.append(str(error.get("ctx", {}).get("error", error["msg"])))
+                continue
             lines.append(f"ITWIN_WORKER_{field.upper()}: {error['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

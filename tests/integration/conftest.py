@@ -21,10 +21,10 @@ from typing import Any
 import aio_pika
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.app import Worker
 from service.producer import Producer
-from service.redis_scripts import ScriptConnection
 from service.settings import Settings, load_settings
 from service.simulator import SimulatorConfig, SimulatorHandle, running_simulator
 
@@ -32,12 +32,187 @@ AMQP_BASE = os.environ.get("ITWIN_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1
 REDIS_URL = os.environ.get("ITWIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def free_port() -> int:
-    """A local TCP port nobody listens on (bound and released at once)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster's node-to-node port is the client port + 10 000
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A local TCP port nobody listens on (bound and released at once); `with_bus`: its Redis
+    Cluster bus port too."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if not with_bus:
+            return port
+        if port + CLUSTER_BUS_OFFSET < 65536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+                except OSError:
+                    continue
+            return port
+
+
+# Redis servers a test starts for itself: a plain one, a replica, sentinels, a cluster. Each is
+# a `redis-server` process on a free loopback port, with its own directory and no persistence,
+# stopped by its PID.
+
+
+class RedisServer:
+    """One `redis-server` (or sentinel) process; its log is `<dir>/server.log`."""
+
+    def __init__(self, directory: Path, arguments: list[str], port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.log_path = directory / "server.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            ["redis-server", *arguments],
+            cwd=directory,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Redis:
+        return Redis(host="127.0.0.1", port=self.port)
+
+    async def ready(self, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()}")
+                client = self.client()
+                try:
+                    if await client.ping():
+                        return
+                except (RedisError, OSError):
+                    await asyncio.sleep(0.05)
+                finally:
+                    await client.aclose()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class RedisServers:
+    """Starts servers under `root`; `stop()` stops every one still running."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self.started: list[RedisServer] = []
+
+    def _directory(self, kind: str) -> Path:
+        directory = self._root / f"{kind}-{len(self.started)}"
+        directory.mkdir(parents=True)
+        return directory
+
+    async def server(self, *extra: str, port: int | None = None) -> RedisServer:
+        """A Redis with no persistence; `extra` are further `--option value` arguments."""
+        port = port or free_port()
+        directory = self._directory("redis")
+        arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        server = RedisServer(directory, [*arguments, "--dir", str(directory), *extra], port)
+        self.started.append(server)
+        await server.ready()
+        return server
+
+    async def replica(self, primary: RedisServer) -> RedisServer:
+        replica = await self.server("--replicaof", "127.0.0.1", str(primary.port))
+        client = replica.client()
+        try:
+            async with asyncio.timeout(10):
+                while (await client.info("replication")).get("master_link_status") != "up":
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        return replica
+
+    async def sentinel(self, master_name: str, primary: RedisServer, quorum: int) -> RedisServer:
+        """A sentinel watching `primary` (it rewrites its generated config file as it goes)."""
+        port = free_port()
+        directory = self._directory("sentinel")
+        config = directory / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {primary.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master_name} 1000\n"
+            f"sentinel failover-timeout {master_name} 10000\n"
+        )
+        server = RedisServer(directory, [str(config), "--sentinel"], port)
+        self.started.append(server)
+        await server.ready()
+        return server
+
+    async def cluster(self, primaries: int = 3) -> list[RedisServer]:
+        """A Redis Cluster of `primaries` nodes without replicas, every slot served."""
+        options = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+        nodes = [
+            await self.server(*options, port=free_port(with_bus=True)) for _ in range(primaries)
+        ]
+        create = await asyncio.create_subprocess_exec(
+            "redis-cli", "--cluster", "create", *(node.address for node in nodes),
+            "--cluster-replicas", "0", "--cluster-yes",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await create.communicate()
+        if create.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{output.decode()}")
+        for node in nodes:
+            client = node.client()
+            try:
+                async with asyncio.timeout(20):
+                    # Every node must know every slot's owner before a client asks it.
+                    while (await _cluster_info(client)).get("cluster_state") != "ok":
+                        await asyncio.sleep(0.1)
+            finally:
+                await client.aclose()
+        return nodes
+
+    def stop(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+async def _cluster_info(client: Redis) -> dict[str, str]:
+    info: dict[str, str] = await client.execute_command(  # type: ignore[no-untyped-call]
+        "CLUSTER INFO"
+    )
+    return info
+
+
+@pytest.fixture
+async def redis_servers(tmp_path: Path) -> AsyncIterator[RedisServers]:
+    """Start Redis servers for this test; every one is stopped after it."""
+    servers = RedisServers(tmp_path / "redis")
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The URL of one node of a three-primary Redis Cluster, shared by the session's tests
+    (each under its own key prefix)."""
+    servers = RedisServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        nodes = await servers.cluster(3)
+        yield nodes[0].url
+    finally:
+        servers.stop()
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -67,18 +242,21 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def redis() -> AsyncIterator[Redis]:
-    """redis-py, to look at what the worker's own connection wrote."""
+    """redis-py on the shared Redis, to run the scripts on and look at what they wrote."""
     client = Redis.from_url(REDIS_URL)
     yield client
     await client.aclose()
 
 
-@pytest.fixture
-async def scripts() -> AsyncIterator[ScriptConnection]:
-    """The worker's own Redis connection."""
-    connection = ScriptConnection(REDIS_URL)
-    yield connection
-    await connection.aclose()
+@pytest.fixture(params=["single", "cluster"])
+def redis_settings(request: pytest.FixtureRequest, redis_prefix: str) -> dict[str, Any]:
+    """Worker settings for a Redis shared by replicas under a fresh key prefix: the test runs
+    once on the plain Redis, once on a Redis Cluster."""
+    settings: dict[str, Any] = {"redis_prefix": f"{redis_prefix}:{uuid.uuid4().hex}"}
+    if request.param == "cluster":
+        return {**settings, "redis_url": request.getfixturevalue("redis_cluster"),
+                "redis_cluster": True}  # fmt: skip
+    return {**settings, "redis_url": REDIS_URL}
 
 
 @pytest.fixture(scope="session")

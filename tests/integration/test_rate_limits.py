@@ -1,7 +1,7 @@
 """Issue 4 acceptance: one API budget for every replica, 429 storms, retries, token refresh.
 
-Worker processes share a Redis limiter; the simulator's request log (arrival times) is the
-judge of what reached the API.
+Worker processes share a Redis limiter (a plain Redis, and a Redis Cluster); the simulator's
+request log (arrival times) is the judge of what reached the API.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import REDIS_URL, SpawnWorkers, StartWorker, drain_queue
+from tests.integration.conftest import SpawnWorkers, StartWorker, drain_queue
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +41,10 @@ async def publish_and_collect(
 
 
 async def test_three_replicas_share_one_budget(
-    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_prefix: str
+    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_settings: dict[str, Any]
 ) -> None:
     rate, burst, commands = 20.0, 5, 600
-    await spawn_workers(
-        3,
-        rate_limit_per_second=rate,
-        rate_limit_burst=burst,
-        redis_url=REDIS_URL,
-        redis_prefix=f"{redis_prefix}:{uuid.uuid4().hex}",
-    )
+    await spawn_workers(3, rate_limit_per_second=rate, rate_limit_burst=burst, **redis_settings)
     async with Producer(amqp_url, "itwin.commands") as producer:
         events = await publish_and_collect(
             producer, commands, "workspace.create", {"name": "w"}, within=90
@@ -66,16 +59,10 @@ async def test_three_replicas_share_one_budget(
 
 
 async def test_a_429_storm_holds_every_replica_until_retry_after(
-    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_prefix: str
+    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_settings: dict[str, Any]
 ) -> None:
     retry_after = 3
-    await spawn_workers(
-        3,
-        rate_limit_per_second=40.0,
-        rate_limit_burst=5,
-        redis_url=REDIS_URL,
-        redis_prefix=f"{redis_prefix}:{uuid.uuid4().hex}",
-    )
+    await spawn_workers(3, rate_limit_per_second=40.0, rate_limit_burst=5, **redis_settings)
     async with Producer(amqp_url, "itwin.commands") as producer:
         ids = [await producer.publish("workspace.create", body({"name": "w"})) for _ in range(300)]
         await asyncio.sleep(1.0)

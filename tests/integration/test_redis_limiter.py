@@ -1,18 +1,26 @@
-"""The Lua scripts against a real Redis: the same arithmetic as the pure functions, and the
-idempotency claim that reserves the first API slot in passing."""
+"""The Lua scripts against a real Redis, and a real Redis Cluster: the same arithmetic as the
+pure functions, a failover that may have lost slots, and the idempotency claim, whatever the
+command id holds."""
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError
 
 from service.idempotency import Busy, Leased, Recorded, RedisOutcomes
 from service.limiter import Bucket, RedisLimiter, State, pause, reserve
+from service.redis_connection import RedisClient, connect_redis
 from service.redis_keys import RedisKeys
-from service.redis_scripts import ScriptConnection
+from service.settings import load_settings
+from tests.integration.conftest import REDIS_URL
+
+HOSTILE_IDS = ["}", "{", "{}", "}{", "a}b{c}", "}:limiter", "x" * 250, "ü{ü}"]
 
 
 class Clock:
@@ -23,13 +31,20 @@ class Clock:
         return self.now
 
 
-async def test_script_matches_the_pure_arithmetic(
-    scripts: ScriptConnection, redis_prefix: str
-) -> None:
+@pytest.fixture
+async def store(redis_settings: dict[str, Any]) -> AsyncIterator[tuple[RedisClient, RedisKeys]]:
+    """The worker's own client (plain Redis or Cluster) and the keys under a fresh prefix."""
+    connection = connect_redis(load_settings(**redis_settings))
+    assert connection is not None
+    yield connection.client, RedisKeys(redis_settings["redis_prefix"])
+    await connection.aclose()
+
+
+async def test_script_matches_the_pure_arithmetic(store: tuple[RedisClient, RedisKeys]) -> None:
+    client, keys = store
     buckets = (Bucket(rate=20, burst=5), Bucket(rate=0.5, burst=40))
     clock = Clock()
-    keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
-    limiter = RedisLimiter(scripts, keys, buckets, clock=clock)
+    limiter = RedisLimiter(client, keys, buckets, clock=clock)
     state = State.empty(buckets)
     rng = random.Random(7)
     for _ in range(300):
@@ -40,42 +55,103 @@ async def test_script_matches_the_pure_arithmetic(
             state = pause(buckets, state, clock.now + seconds)
             continue
         expected, state = reserve(buckets, state, clock.now)
-        assert await limiter._reserve() == pytest.approx(expected - clock.now, abs=2e-6)
-        remaining = max(state.paused_until - clock.now, 0.0)
-        assert await limiter._pause_remaining() == pytest.approx(remaining, abs=2e-6)
+        wait, _ = await limiter._reserve()
+        assert wait == pytest.approx(expected - clock.now, abs=2e-6)
+        remaining, _ = await limiter._run("check")
+        assert remaining == pytest.approx(max(state.paused_until - clock.now, 0.0), abs=2e-6)
 
 
-async def test_state_expires_once_the_bucket_is_full_again(
-    redis: Redis, scripts: ScriptConnection, redis_prefix: str
+async def test_a_new_epoch_spends_the_burst_and_voids_the_old_epochs_slots(
+    redis: Redis, redis_prefix: str
 ) -> None:
+    """What a failover leaves: the state as replicated, written under the old master's
+    replication id. The first reservation after it starts at the steady rate, and a slot of
+    the old epoch no longer holds (it may have been lost, and given to someone else)."""
     keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
-    limiter = RedisLimiter(scripts, keys, (Bucket(rate=10, burst=2),))
-    await limiter.acquire()
-    ttl_ms = await redis.pttl(keys.limiter)
-    assert 0 < ttl_ms <= 1100
-
-
-async def test_a_leased_claim_reserves_the_first_slot_in_the_same_script(
-    scripts: ScriptConnection, redis_prefix: str
-) -> None:
     clock = Clock()
+    limiter = RedisLimiter(redis, keys, (Bucket(rate=10, burst=5),), clock=clock)
+    assert [(await limiter._reserve())[0] for _ in range(3)] == pytest.approx([0, 0, 0])
+    _, epoch = await limiter._reserve()
+    assert await limiter._holds(epoch)
+    await redis.hset(keys.limiter, "epoch", "the-old-masters-replication-id")
+    assert not await limiter._holds("the-old-masters-replication-id")
+    waits = [(await limiter._reserve())[0] for _ in range(3)]
+    # 4 of the 5 burst tokens were spent: one would be left, but the new epoch takes it.
+    assert waits == pytest.approx([0.0, 0.1, 0.2])
+    assert (await limiter._reserve())[1] == epoch
+
+
+async def test_the_state_never_expires(redis: Redis, redis_prefix: str) -> None:
+    """A failover must find it: a state that expired on the old master but not yet on the new
+    one would not be noticed as stale."""
     keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
-    limiter = RedisLimiter(scripts, keys, (Bucket(rate=10, burst=1),), clock=clock)
-    outcomes = RedisOutcomes(scripts, keys, ttl=60, lease=5, limiter=limiter)
+    limiter = RedisLimiter(redis, keys, (Bucket(rate=10, burst=2),))
+    await limiter.acquire()
+    assert await redis.pttl(keys.limiter) == -1
 
-    first = await outcomes.claim("c1", reserve=True)
-    second = await outcomes.claim("c2", reserve=True)
-    assert isinstance(first, Leased)
-    assert first.reservation is not None
-    assert isinstance(second, Leased)
-    assert second.reservation is not None
-    assert (first.reservation.wait, second.reservation.wait) == pytest.approx((0.0, 0.1))
 
-    # No slot is spent on a claim that will not call: busy, recorded, or not asked to.
-    assert isinstance(await outcomes.claim("c2", reserve=True), Busy)
-    await outcomes.record("c1", first.token, b"{}")
-    assert isinstance(await outcomes.claim("c1", reserve=True), Recorded)
-    unreserved = await outcomes.claim("c3")
-    assert isinstance(unreserved, Leased)
-    assert unreserved.reservation is None
-    assert await limiter._reserve() == pytest.approx(0.2)
+async def test_claim_record_and_release(store: tuple[RedisClient, RedisKeys]) -> None:
+    client, keys = store
+    outcomes = RedisOutcomes(client, keys, ttl=60, lease=5)
+    for command_id in ["c1", *HOSTILE_IDS]:
+        first = await outcomes.claim(command_id)
+        assert isinstance(first, Leased)
+        busy = await outcomes.claim(command_id)
+        assert isinstance(busy, Busy)
+        assert 4 < busy.remaining <= 5
+        await outcomes.record(command_id, first.token, f"event of {command_id}".encode())
+        assert await outcomes.claim(command_id) == Recorded(f"event of {command_id}".encode())
+        replay = await outcomes.claim(command_id, fresh=True)
+        assert isinstance(replay, Leased)
+        await outcomes.release(command_id, replay.token)
+        assert isinstance(await outcomes.claim(command_id, fresh=True), Leased)
+
+
+async def test_a_claim_run_twice_for_one_call_is_leased_both_times(
+    redis: Redis, redis_prefix: str
+) -> None:
+    """redis-py retries a call whose answer was lost: the second run finds its own lease."""
+    keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
+    outcomes = RedisOutcomes(redis, keys, ttl=60, lease=5)
+    lease_args = ["the-token", "5000", "0"]
+    claim = outcomes._claim
+    command_keys = [keys.outcome("c1"), keys.lease("c1")]
+    assert await claim(keys=command_keys, args=lease_args) == [b"leased"]
+    assert await claim(keys=command_keys, args=lease_args) == [b"leased"]
+    assert (await claim(keys=command_keys, args=["another", "5000", "0"]))[0] == b"busy"
+
+
+async def test_the_url_chooses_the_database_and_the_user(redis: Redis, redis_prefix: str) -> None:
+    """An ACL user allowed only the worker's keys and the commands its scripts run, on
+    database 5: the scripts work there, and a wrong password is refused."""
+    prefix = f"{redis_prefix}:{uuid.uuid4().hex}"
+    user, password = f"{redis_prefix}-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    await redis.acl_setuser(
+        user, enabled=True, passwords=[f"+{password}"], keys=[f"{prefix}:*"],
+        commands=["+evalsha", "+eval", "+script|load", "+select", "+ping", "+info", "+time",
+                  "+get", "+set", "+del", "+pttl", "+hmget", "+hset"],
+    )  # fmt: skip
+    base = REDIS_URL.split("//", 1)[1].rsplit("/", 1)[0]
+    authorised = connect_redis(load_settings(redis_url=f"redis://{user}:{password}@{base}/5"))
+    refused = connect_redis(load_settings(redis_url=f"redis://{user}:wrong@{base}/5"))
+    in_five = Redis.from_url(f"redis://{base}/5")
+    assert authorised is not None
+    assert refused is not None
+    try:
+        keys = RedisKeys(prefix)
+        outcomes = RedisOutcomes(authorised.client, keys, ttl=60, lease=5)
+        leased = await outcomes.claim("c1")
+        assert isinstance(leased, Leased)
+        await outcomes.record("c1", leased.token, b"done")
+        await RedisLimiter(authorised.client, keys, (Bucket(rate=10, burst=2),)).acquire()
+        assert await redis.get(keys.outcome("c1")) is None
+        assert await in_five.get(keys.outcome("c1")) == b"done"
+        assert await in_five.exists(keys.limiter) == 1
+        with pytest.raises(AuthenticationError):
+            await refused.ping()
+    finally:
+        await in_five.delete(keys.outcome("c1"), keys.limiter)
+        await in_five.aclose()
+        await authorised.aclose()
+        await refused.aclose()
+        await redis.acl_deluser(user)

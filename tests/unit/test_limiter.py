@@ -190,7 +190,7 @@ async def test_a_starved_process_is_let_through_after_a_few_new_slots() -> None:
     clock = FakeClock()
 
     class SlowStore(LocalLimiter):
-        async def _reserve(self) -> float:
+        async def _reserve(self) -> tuple[float, str]:
             clock.now += 0.05  # every round trip takes 50 ms: far beyond the 10 ms allowed
             return await super()._reserve()
 

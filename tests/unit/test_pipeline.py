@@ -20,9 +20,8 @@ from service.handlers import (
     DeliveryPolicy,
     Pipeline,
 )
-from service.idempotency import Claim, Leased, MemoryOutcomes
+from service.idempotency import MemoryOutcomes
 from service.jobs import JobFollower
-from service.limiter import Reservation
 from service.messages import CreateWorkspace
 from service.metrics import Metrics
 
@@ -33,30 +32,13 @@ class FakeApi:
     def __init__(self, *answers: ApiResponse | Exception) -> None:
         self.answers = list(answers)
         self.requests: list[ApiRequest] = []
-        self.reserved: list[Reservation | None] = []
 
-    async def send(self, request: ApiRequest, reserved: Reservation | None = None) -> ApiResponse:
+    async def send(self, request: ApiRequest) -> ApiResponse:
         self.requests.append(request)
-        self.reserved.append(reserved)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-
-class ReservingOutcomes(MemoryOutcomes):
-    """Records in memory, and a made-up slot for every claim that asks for one."""
-
-    def __init__(self) -> None:
-        super().__init__(ttl=60, lease=5)
-        self.asked: list[bool] = []
-
-    async def claim(self, command_id: str, *, fresh: bool = False, reserve: bool = False) -> Claim:
-        self.asked.append(reserve)
-        claim = await super().claim(command_id, fresh=fresh)
-        if isinstance(claim, Leased) and reserve:
-            return Leased(claim.token, Reservation(asked=1.0, answered=1.0, wait=0.5))
-        return claim
 
 
 class FakeOutbox:
@@ -202,16 +184,6 @@ async def test_invalid_command_costs_no_call() -> None:
     )
     assert api.requests == []
     assert outbox.dead == ["InvalidCommand"]
-
-
-async def test_only_a_valid_command_reserves_an_api_slot_with_its_claim() -> None:
-    api, outbox, outcomes = FakeApi(created()), FakeOutbox(), ReservingOutcomes()
-    worker = pipeline(api, outbox, outcomes)
-    await worker.handle(SPEC, Delivery(body=b"{", routing_key="workspace.create", message_id="x"))
-    await worker.handle(None, Delivery(body=b"{}", routing_key="thing.do", message_id="y"))
-    await worker.handle(SPEC, delivery())
-    assert outcomes.asked == [False, False, True]
-    assert api.reserved == [Reservation(asked=1.0, answered=1.0, wait=0.5)]
 
 
 async def test_unknown_routing_keys_name_their_event_safely() -> None:
