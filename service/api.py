@@ -38,7 +38,7 @@ from service.errors import (
     classify_failure,
 )
 from service.http_client import TRANSPORT_ERRORS, never_sent
-from service.limiter import Limiter, Reservation
+from service.limiter import Limiter
 from service.metrics import Metrics
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
@@ -147,32 +147,26 @@ class ApiClient:
     def _parse_url(self, path: str) -> httpx.URL:
         return httpx.URL(self._base_url + path)
 
-    async def send(self, request: ApiRequest, reserved: Reservation | None = None) -> ApiResponse:
-        """`reserved`: the first attempt's limiter slot, if one was reserved ahead."""
+    async def send(self, request: ApiRequest) -> ApiResponse:
         tries = _Tries(self._policy, self._metrics)
         try:
-            return await self._with_retries(request, tries, reserved)
+            return await self._with_retries(request, tries)
         except WorkerError as error:
             error.attempts = tries.sent
             raise
 
-    async def _with_retries(
-        self, request: ApiRequest, tries: _Tries, reserved: Reservation | None
-    ) -> ApiResponse:
+    async def _with_retries(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
         while True:
             try:
-                return await self._attempt(request, tries, reserved)
+                return await self._attempt(request, tries)
             except TransientError as error:
-                reserved = None
                 if tries.stop(error):
                     raise tries.exhausted(error) from None
                 await asyncio.sleep(tries.wait(error))
 
-    async def _attempt(
-        self, request: ApiRequest, tries: _Tries, reserved: Reservation | None
-    ) -> ApiResponse:
+    async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
         metrics = self._metrics
-        metrics.limiter_wait.observe(await self._limiter.acquire(reserved))
+        metrics.limiter_wait.observe(await self._limiter.acquire())
         # After the wait: the token is fresh when the request leaves. A fetch here delays
         # this one send; it happens once per token lifetime for the whole process.
         token = await self._tokens.token()

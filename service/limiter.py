@@ -112,9 +112,8 @@ class Reservation:
 class Limiter(Protocol):
     """What the API client needs: wait for a token, and pause everyone after a 429."""
 
-    async def acquire(self, reserved: Reservation | None = None) -> float:
-        """Wait until a call may start (at `reserved`'s slot if given and still good); return
-        the seconds waited."""
+    async def acquire(self) -> float:
+        """Wait until a call may start; return the seconds waited."""
         ...
 
     async def pause(self, seconds: float) -> None:
@@ -149,15 +148,13 @@ class _SleepingLimiter:
         # at high rates a tighter bound would never let anyone through.
         self._lateness_allowed = max(self._buckets[0].interval / 2, MIN_LATENESS_SECONDS)
 
-    async def acquire(self, reserved: Reservation | None = None) -> float:
+    async def acquire(self) -> float:
         started = self._timer()
         allowed = self._lateness_allowed
         while True:
-            if reserved is None:
-                asked = self._timer()
-                wait, epoch = await self._reserve()
-                reserved = Reservation(asked, self._timer(), wait, epoch)
-            slot, reserved = reserved, None
+            asked = self._timer()
+            wait, epoch = await self._reserve()
+            slot = Reservation(asked, self._timer(), wait, epoch)
             if slot.wait > 0:
                 await self._sleep(max(slot.answered + slot.wait - self._timer(), 0.0))
                 # A 429 seen by any replica while we slept invalidates our reservation, and so

@@ -10,7 +10,6 @@ import pytest
 from service.limiter import (
     Bucket,
     LocalLimiter,
-    Reservation,
     State,
     buckets_for,
     pause,
@@ -163,27 +162,6 @@ async def test_high_rates_still_let_callers_through_on_a_slow_clock() -> None:
         before = len(clock.sleeps)
         await limiter.acquire()
         assert len(clock.sleeps) - before <= 1, "at most one sleep: the slot was kept"
-
-
-async def test_a_slot_reserved_ahead_is_waited_for_without_reserving_again() -> None:
-    clock = FakeClock()
-    limiter = LocalLimiter((Bucket(rate=4, burst=1),), clock=clock, sleep=clock.sleep)
-    await limiter.acquire()
-    clock.now += 0.05  # the reservation was made a little before the call came for it
-    waited = await limiter.acquire(Reservation(asked=100.0, answered=100.0, wait=0.25))
-    assert clock.now == pytest.approx(100.25)
-    assert clock.sleeps == pytest.approx([0.20])
-    assert waited == pytest.approx(0.20)
-    assert limiter._state.tats == pytest.approx((100.25,)), "no second slot was reserved"
-
-
-async def test_a_stale_reservation_is_replaced_by_a_fresh_slot() -> None:
-    clock = FakeClock()
-    limiter = LocalLimiter((Bucket(rate=4, burst=1),), clock=clock, sleep=clock.sleep)
-    clock.now = 101.0  # a second after the slot it was given: far too late to use it
-    await limiter.acquire(Reservation(asked=100.0, answered=100.0, wait=0.0))
-    assert clock.sleeps == []
-    assert limiter._state.tats == pytest.approx((101.25,)), "a fresh slot was reserved"
 
 
 async def test_a_starved_process_is_let_through_after_a_few_new_slots() -> None:
