@@ -20,14 +20,15 @@ from redis.exceptions import RedisError
 from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
 from service.commands import COMMANDS, CommandSpec
-from service.handlers import Delivery, DeliveryPolicy, Pipeline
+from service.delivery import delivery_from
 from service.http_client import http_client
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.jobs import JobFollower
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
-from service.outbox import BrokerOutbox
+from service.pipeline import DeliveryPolicy, Pipeline
 from service.probes import Probes
+from service.publisher import BrokerPublisher
 from service.redis_connection import connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
@@ -61,28 +62,6 @@ async def _whole_message(message: StreamMessage[Any]) -> StreamMessage[Any]:
     off took 20 % off the worker's CPU per command.
     """
     return message
-
-
-def delivery_from(
-    message: RabbitMessage, queue: str, trust: Trust, routing_key: str | None = None
-) -> Delivery:
-    """The delivery as the pipeline may act on it; `routing_key` is the command queue's own
-    (whichever exchange the message came through), None on the unrouted queue."""
-    raw = message.raw_message
-    # The exchange is the broker's record of where the message was published, not a header.
-    vetted = trust.vet(raw.exchange or "", raw.headers or {}, raw.reply_to)
-    return Delivery(
-        body=raw.body,
-        routing_key=routing_key or raw.routing_key or "",
-        queue=queue,
-        message_id=raw.message_id,
-        correlation_id=raw.correlation_id,
-        reply_to=vetted.reply_to,
-        content_type=raw.content_type,
-        headers=vetted.headers,
-        ignored_headers=vetted.ignored_headers,
-        refused_reply_to=vetted.refused_reply_to,
-    )
 
 
 class Worker:
@@ -128,12 +107,12 @@ class Worker:
             base_url=str(settings.api_base_url),
             metrics=self.metrics,
         )
-        self.outbox = outbox = BrokerOutbox(self.broker, self.topology)
+        self.publisher = publisher = BrokerPublisher(self.broker, self.topology)
         outcomes = self._outcomes()
-        self.follower = JobFollower(self.api, outbox, outcomes, settings.job_poll_schedule)
+        self.follower = JobFollower(self.api, publisher, outcomes, settings.job_poll_schedule)
         self.pipeline = Pipeline(
             self.api,
-            outbox,
+            publisher,
             outcomes,
             metrics=self.metrics,
             follower=self.follower,
@@ -215,7 +194,7 @@ class Worker:
             await self.probes.stop()
             raise
         topology = self.topology
-        self.outbox.events = await self.broker.declare_exchange(topology.events)
+        self.publisher.events = await self.broker.declare_exchange(topology.events)
         await self.broker.declare_exchange(topology.dead_letters)
         dead_letter_queue = await self.broker.declare_queue(topology.dead_letter_queue)
         await dead_letter_queue.bind(topology.dead_letters.name)

@@ -70,7 +70,7 @@ class Api(Protocol):
     async def send(self, request: ApiRequest) -> ApiResponse: ...
 
 
-class PollOutbox(Protocol):
+class PollPublisher(Protocol):
     async def publish(self, event: EncodedEvent, reply_to: str | None) -> None: ...
 
     async def schedule_poll(self, poll: bytes, poll_id: str, delay: float | None) -> None:
@@ -82,13 +82,13 @@ class JobFollower:
     def __init__(
         self,
         api: Api,
-        outbox: PollOutbox,
+        publisher: PollPublisher,
         outcomes: OutcomeStore,
         schedule: Sequence[float],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._api = api
-        self._outbox = outbox
+        self._publisher = publisher
         self._outcomes = outcomes
         self._schedule = tuple(schedule)
         self._now = now
@@ -138,20 +138,20 @@ class JobFollower:
         await self._outcomes.record(poll.key, claim.token, json.dumps(decision).encode())
         if decision["progress"] is not None:
             progress = EncodedEvent.parse(decision["progress"].encode())
-            await self._outbox.publish(progress, poll.reply_to)
+            await self._publisher.publish(progress, poll.reply_to)
         await self._finish(poll, decision)
         await self._outcomes.record(poll.key, claim.token, b'{"state": "done"}')
 
     async def _finish(self, poll: Poll, decision: dict[str, Any]) -> None:
         if decision["terminal"] is not None:
             terminal = EncodedEvent.parse(decision["terminal"].encode())
-            await self._outbox.publish(terminal, poll.reply_to)
+            await self._publisher.publish(terminal, poll.reply_to)
             log.info("job followed to its end", event_type=terminal.type)
         if decision["next"] is not None:
             await self._schedule_poll(Poll.model_validate(decision["next"]), decision["delay"])
 
     async def _schedule_poll(self, poll: Poll, delay: float | None) -> None:
-        await self._outbox.schedule_poll(poll.model_dump_json().encode(), poll.key, delay)
+        await self._publisher.schedule_poll(poll.model_dump_json().encode(), poll.key, delay)
 
     async def _decide(self, poll: Poll) -> dict[str, Any]:
         """Look at the job once; say which events to publish and when to look again."""

@@ -20,25 +20,25 @@ from aiormq.exceptions import ChannelInvalidStateError
 from faststream.rabbit import RabbitBroker, RabbitExchange
 from pamqp.commands import Basic
 
+from service.delivery import (
+    BROKER_HEADER_PREFIXES,
+    DELAYED_ATTEMPT_HEADER,
+    ERROR_CODE_HEADER,
+    ERROR_MESSAGE_HEADER,
+    EVENT_ID_HEADER,
+    FAILED_AT_HEADER,
+    ROUTING_KEY_HEADER,
+    Delivery,
+)
 from service.errors import WorkerError
 from service.events import EncodedEvent
-from service.handlers import DELAYED_ATTEMPT_HEADER, Delivery
 from service.topology import Topology
 
 JSON = "application/json"
 PERSISTENT = int(DeliveryMode.PERSISTENT)
 
-# Headers a dead letter carries to say why it is there and where it came from.
-ROUTING_KEY_HEADER = "x-itwin-routing-key"
-ERROR_CODE_HEADER = "x-itwin-error-code"
-ERROR_MESSAGE_HEADER = "x-itwin-error-message"
-EVENT_ID_HEADER = "x-itwin-event-id"
-FAILED_AT_HEADER = "x-itwin-failed-at"
-# The broker's own bookkeeping of a delivery; a republished command starts afresh.
-_BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-", "x-last-death-")
 
-
-class BrokerOutbox:
+class BrokerPublisher:
     def __init__(self, broker: RabbitBroker, topology: Topology) -> None:
         self._broker = broker
         self._topology = topology
@@ -133,7 +133,7 @@ class BrokerOutbox:
         kept = {
             name: value
             for name, value in delivery.headers.items()
-            if not name.startswith(_BROKER_HEADERS)
+            if not name.startswith(BROKER_HEADER_PREFIXES)
         }
         await self._broker.publish(
             delivery.body,
