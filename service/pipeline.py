@@ -6,9 +6,9 @@ outcome (an event, or the job's own events to come) → delay it (retriable, del
 conclude: follow the job, record, dead-letter a fault, publish.
 
 The broker adapter acks the command only after `handle` returns, that is after every publish
-here was confirmed. A crash goes back to the queue (after a back-off); on the queue's last
-delivery it becomes a `RetriesExhausted` failure event instead, so even a poison command ends
-in one event.
+here was confirmed. A crash goes back to the queue (after a back-off); a crash in validation or
+the call becomes a `RetriesExhausted` failure event on the queue's last delivery instead, so
+even a poison command ends in one event.
 """
 
 from __future__ import annotations
@@ -141,11 +141,9 @@ class Pipeline:
         self._metrics.in_flight.inc()
         try:
             settled = await self._work(spec, delivery, started)
-        except Exception as exc:
-            if delivery.delivery_count < self._policy.delivery_limit:
-                await self._back_off(delivery)
-                raise
-            settled = await self._poisoned(spec, delivery, exc)
+        except Exception:
+            await self._back_off(delivery)
+            raise
         finally:
             self._metrics.in_flight.dec()
             structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "routing_key")
@@ -180,7 +178,13 @@ class Pipeline:
         return delivery
 
     async def _work(self, spec: CommandSpec | None, delivery: Delivery, started: float) -> Settled:
-        prepared = _validate(spec, delivery)
+        try:
+            prepared = _validate(spec, delivery)
+        except Exception as crash:
+            return await self._poisoned(spec, delivery, crash)
+        # A crash from here to the call (Redis unreachable) goes back to the queue as it is:
+        # the queue's delivery limit bounds it, and the command reaches the dead-letter queue
+        # untouched, for a replay.
         lease = await self._claim(delivery)
         if isinstance(lease, Recorded):
             # An empty record: the command's only announcement is its job's own events.
@@ -190,6 +194,10 @@ class Pipeline:
             return Settled("duplicate")
         try:
             outcome = await self._call(spec, delivery, prepared)
+        except Exception as crash:
+            await self._release(delivery, lease)
+            return await self._poisoned(spec, delivery, crash)
+        try:
             delay = self._policy.delay_for(outcome.error, delivery)
             if delay is not None and outcome.error is not None:
                 await self._release(delivery, lease)
@@ -284,7 +292,11 @@ class Pipeline:
     async def _poisoned(
         self, spec: CommandSpec | None, delivery: Delivery, crash: Exception
     ) -> Settled:
-        """The last delivery crashed too: a failure event and a dead letter, not recorded."""
+        """A crash in validation or in the call: back to the queue (raised again), except on
+        the queue's last delivery, where it becomes a failure event and a dead letter (not
+        recorded), so even a poison command ends in one event."""
+        if delivery.delivery_count < self._policy.delivery_limit:
+            raise crash
         error = RetriesExhausted(
             f"The worker failed on this command {self._policy.delivery_limit + 1} times "
             f"({type(crash).__name__}).",
