@@ -1,14 +1,18 @@
 """The bootstrap: the one place that builds every dependency and wires them together.
 
-`Worker` owns the broker connection, the HTTP client, the Redis connection and the limiter;
-each command queue gets the same small consumer, which hands the delivery to the pipeline.
+`Worker(settings)` builds every adapter from the settings; a test hands in its own (a broker, an
+HTTP client on `httpx.MockTransport`, a publisher or outcome store of its own) and gets the same
+graph around them. Each command queue gets the same small consumer, which hands the delivery to
+the pipeline; FastStream acks it when the handler returns and nacks it when it raises
+(`AckPolicy.NACK_ON_ERROR`; a cancelled handler at shutdown settles nothing, so the broker
+redelivers).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import structlog
@@ -20,15 +24,16 @@ from redis.exceptions import RedisError
 from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
 from service.commands import COMMANDS, CommandSpec
-from service.handlers import Delivery, DeliveryPolicy, Pipeline
+from service.delivery import delivery_from
 from service.http_client import http_client
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
-from service.jobs import JobFollower
+from service.jobs import JobFollower, PollPublisher
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
-from service.outbox import BrokerOutbox
+from service.pipeline import DeliveryPolicy, Pipeline, Publisher
 from service.probes import Probes
-from service.redis_connection import connect_redis
+from service.publisher import BrokerPublisher
+from service.redis_connection import RedisConnection, connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
 from service.topology import Topology
@@ -54,45 +59,35 @@ def credentials_from(settings: Settings) -> ClientCredentials:
 
 
 async def _whole_message(message: StreamMessage[Any]) -> StreamMessage[Any]:
-    """Hand the handler the message itself: the pipeline reads the bytes as sent (bad JSON is
-    its InvalidCommand) and the properties. With FastStream's dependency injection off
-    (`apply_types=False`), the handler is called with this one value: measured, injecting the
-    message through FastStream's context cost a thread-pool hop per message, and turning it
-    off took 20 % off the worker's CPU per command.
-    """
+    """Hand the handler the message itself, not a decoded body: the pipeline reads the bytes
+    as sent (bad JSON is its `InvalidCommand`, not a decoder's crash) and the properties. With
+    dependency injection off (`apply_types=False`) the handler gets this one value."""
     return message
 
 
-def delivery_from(
-    message: RabbitMessage, queue: str, trust: Trust, routing_key: str | None = None
-) -> Delivery:
-    """The delivery as the pipeline may act on it; `routing_key` is the command queue's own
-    (whichever exchange the message came through), None on the unrouted queue."""
-    raw = message.raw_message
-    # The exchange is the broker's record of where the message was published, not a header.
-    vetted = trust.vet(raw.exchange or "", raw.headers or {}, raw.reply_to)
-    return Delivery(
-        body=raw.body,
-        routing_key=routing_key or raw.routing_key or "",
-        queue=queue,
-        message_id=raw.message_id,
-        correlation_id=raw.correlation_id,
-        reply_to=vetted.reply_to,
-        content_type=raw.content_type,
-        headers=vetted.headers,
-        ignored_headers=vetted.ignored_headers,
-        refused_reply_to=vetted.refused_reply_to,
-    )
+class EventPublisher(Publisher, PollPublisher, Protocol):
+    """What the pipeline and the job follower publish through: `BrokerPublisher`, or a fake."""
 
 
 class Worker:
     """The running worker: call `start()`, then `stop()` (which drains in-flight commands)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: RabbitBroker | None = None,
+        http: httpx.AsyncClient | None = None,
+        redis: RedisConnection | None = None,
+        limiter: Limiter | None = None,
+        outcomes: OutcomeStore | None = None,
+        publisher: EventPublisher | None = None,
+    ) -> None:
+        """Every adapter defaults to the one the settings describe."""
         self.settings = settings
         self.metrics = Metrics(frozenset(spec.routing_key for spec in COMMANDS))
         self.topology = Topology.from_settings(settings)
-        self.broker = RabbitBroker(
+        self.broker = broker or RabbitBroker(
             settings.amqp_url,
             default_channel=Channel(prefetch_count=settings.prefetch),
             graceful_timeout=settings.shutdown_grace_seconds,
@@ -100,7 +95,7 @@ class Worker:
             apply_types=False,
         )
         # One client for the API and the token endpoint: the same proxies, trust and pool.
-        self.http = http_client(
+        self.http = http or http_client(
             timeout=httpx.Timeout(
                 settings.api_read_timeout_seconds, connect=settings.api_connect_timeout_seconds
             ),
@@ -108,12 +103,12 @@ class Worker:
             ca_bundle=settings.ca_bundle,
             proxies_from_environment=settings.proxies_from_environment,
         )
-        self.redis = connect_redis(settings)
+        self.redis = redis or connect_redis(settings)
         self.keys = RedisKeys(settings.redis_prefix)
         self.tokens = TokenProvider(
             self.http, credentials_from(settings), settings.token_refresh_margin_seconds
         )
-        self.limiter = self._limiter()
+        self.limiter = limiter or self._limiter()
         self.api = ApiClient(
             self.http,
             self.tokens,
@@ -128,13 +123,15 @@ class Worker:
             base_url=str(settings.api_base_url),
             metrics=self.metrics,
         )
-        self.outbox = outbox = BrokerOutbox(self.broker, self.topology)
-        outcomes = self._outcomes()
-        self.follower = JobFollower(self.api, outbox, outcomes, settings.job_poll_schedule)
+        self.publisher = publisher or BrokerPublisher(self.broker, self.topology)
+        self.outcomes = outcomes or self._outcomes()
+        self.follower = JobFollower(
+            self.api, self.publisher, self.outcomes, settings.job_poll_schedule
+        )
         self.pipeline = Pipeline(
             self.api,
-            outbox,
-            outcomes,
+            self.publisher,
+            self.outcomes,
             metrics=self.metrics,
             follower=self.follower,
             policy=DeliveryPolicy(
@@ -181,18 +178,14 @@ class Worker:
         handler: Callable[..., Awaitable[None]],
     ) -> None:
         """Ack after the handler returns; an unexpected crash is nacked and comes back (bounded
-        by the queue's delivery limit). FastStream's own replies are off: we publish events.
-
-        The handler settles the message itself (`_settling`), which is what FastStream's
-        NACK_ON_ERROR policy does, without its per-message middleware: 2 % of the worker's
-        instructions per command (`./dev bench instructions`: 3.06 M -> 3.00 M)."""
+        by the queue's delivery limit). FastStream's own replies are off: we publish events."""
         self.broker.subscriber(
             queue,
             exchange,
-            ack_policy=AckPolicy.MANUAL,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
             no_reply=True,
             decoder=_whole_message,
-        )(_settling(handler))
+        )(handler)
 
     async def readiness(self) -> dict[str, bool]:
         checks = {
@@ -215,7 +208,7 @@ class Worker:
             await self.probes.stop()
             raise
         topology = self.topology
-        self.outbox.events = await self.broker.declare_exchange(topology.events)
+        await self.broker.declare_exchange(topology.events)
         await self.broker.declare_exchange(topology.dead_letters)
         dead_letter_queue = await self.broker.declare_queue(topology.dead_letter_queue)
         await dead_letter_queue.bind(topology.dead_letters.name)
@@ -248,22 +241,6 @@ class Worker:
         if self.redis is not None:
             await self.redis.aclose()
         log.info("worker stopped")
-
-
-def _settling(
-    handler: Callable[[RabbitMessage], Awaitable[None]],
-) -> Callable[[RabbitMessage], Awaitable[None]]:
-    async def settle(message: RabbitMessage) -> None:
-        # A cancelled handler (shutdown) settles nothing: the broker redelivers the message.
-        try:
-            await handler(message)
-        except Exception:
-            await message.nack()
-            raise
-        await message.ack()
-
-    settle.__name__ = handler.__name__
-    return settle
 
 
 def _poller(

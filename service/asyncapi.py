@@ -24,17 +24,16 @@ from urllib.parse import unquote, urlsplit
 
 from faststream.rabbit import RabbitExchange, RabbitQueue
 
-from service import contract
-from service.commands import COMMANDS
-from service.handlers import _SAFE_ROUTING_KEY, UNKNOWN_COMMAND_EVENT
-from service.jobs import JOB_EVENTS
-from service.outbox import (
+from service import json_schemas
+from service.commands import COMMANDS, SAFE_ROUTING_KEY, UNKNOWN_COMMAND_EVENT
+from service.delivery import (
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
     EVENT_ID_HEADER,
     FAILED_AT_HEADER,
     ROUTING_KEY_HEADER,
 )
+from service.jobs import JOB_EVENTS
 from service.settings import Settings
 from service.topology import Topology
 
@@ -338,7 +337,7 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
 def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     """`components.schemas` and each message's payload (a `$ref` into them).
 
-    The schemas are `contract.schemas()` without `$schema`, their `$defs` hoisted into
+    The schemas are `json_schemas.schemas()` without `$schema`, their `$defs` hoisted into
     `components.schemas` (a `#/$defs/...` reference inside a payload would point into the
     AsyncAPI document's root, not into the payload).
     """
@@ -350,7 +349,7 @@ def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
             raise ValueError(f"two different schemas are both called {name!r}")
         components[name] = schema
 
-    documents = contract.schemas()
+    documents = json_schemas.schemas()
     for relative, document in documents.items():
         name = relative.split("/", 1)[1].removesuffix(".json")
         schema = _rewrite_refs({k: v for k, v in document.items() if k != "$schema"})
@@ -362,7 +361,7 @@ def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = copy.deepcopy(components[UNKNOWN_COMMAND_EVENT])
     unknown["properties"]["type"] = {
         "type": "string",
-        "pattern": _SAFE_ROUTING_KEY.pattern.removesuffix("$") + r"\.failed$",
+        "pattern": SAFE_ROUTING_KEY.pattern.removesuffix("$") + r"\.failed$",
         "description": "The event type: the unknown routing key + `.failed`.",
     }
     unknown["title"] = "<routing key>.failed"

@@ -6,6 +6,7 @@ announce the outcome. Adding a command is adding an entry here, not writing a ha
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -191,3 +192,17 @@ COMMANDS: tuple[CommandSpec, ...] = (
 )
 
 BY_ROUTING_KEY: Mapping[str, CommandSpec] = {spec.routing_key: spec for spec in COMMANDS}
+
+UNKNOWN_COMMAND_EVENT = "command.failed"
+"""The failure event of a routing key that is no command and no plain dotted word either."""
+SAFE_ROUTING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+"""Routing keys are producer input that becomes an event's routing key: only plain words."""
+
+
+def failure_event_type(spec: CommandSpec | None, routing_key: str) -> str:
+    """`<routing key>.failed`; an unknown key gets it only when it is plain dotted words."""
+    if spec is not None:
+        return spec.failure_event
+    if SAFE_ROUTING_KEY.match(routing_key):
+        return f"{routing_key}.failed"
+    return UNKNOWN_COMMAND_EVENT

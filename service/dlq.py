@@ -18,11 +18,11 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
-from service.handlers import REPLAY_HEADER
-from service.outbox import (
+from service.delivery import (
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
     FAILED_AT_HEADER,
+    REPLAY_HEADER,
     ROUTING_KEY_HEADER,
 )
 

@@ -40,7 +40,7 @@ class EventError(_Model):
     retriable: bool = Field(description="True when the same command may succeed later.")
 
 
-class _Event(_Model):
+class BaseEvent(_Model):
     event_id: str = Field(description="Unique id of this event, also its AMQP message_id.")
     type: str = Field(description="Event type, also the routing key and the AMQP type.")
     command_id: str = Field(description="The command's message_id (or the id made up for it).")
@@ -53,11 +53,11 @@ class _Event(_Model):
         return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SuccessEvent(_Event):
+class SuccessEvent(BaseEvent):
     result: dict[str, Any] = Field(description="The API's inner object, unchanged.")
 
 
-class FailureEvent(_Event):
+class FailureEvent(BaseEvent):
     error: EventError
 
 

@@ -11,10 +11,9 @@ next poll) but never publishes its progress event again, and a poll already done
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -61,6 +60,27 @@ class Poll(BaseModel):
         return f"poll:{self.command_id}:{self.seq}"
 
 
+class PollDecision(BaseModel):
+    """What one poll decided, recorded before anything is published: a redelivered poll
+    finishes it (terminal event, next poll) without deciding again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: Literal["decided", "done"] = "decided"
+    """`done` once everything it decided was published and scheduled."""
+    progress: str | None = None
+    """The progress event (encoded), when the percentage or step changed."""
+    terminal: str | None = None
+    """The terminal event (encoded), when the job ended or following failed for good."""
+    next: Poll | None = None
+    """The next look at the job, when it goes on."""
+    delay: float | None = None
+    """Seconds until that look."""
+
+
+_DONE = PollDecision(state="done").model_dump_json().encode()
+
+
 def next_index(index: int, changed: bool, schedule_length: int) -> int:
     """The documented back-off: restart when the percentage changed, else move on, last repeats."""
     return 0 if changed else min(index + 1, schedule_length - 1)
@@ -70,7 +90,7 @@ class Api(Protocol):
     async def send(self, request: ApiRequest) -> ApiResponse: ...
 
 
-class PollOutbox(Protocol):
+class PollPublisher(Protocol):
     async def publish(self, event: EncodedEvent, reply_to: str | None) -> None: ...
 
     async def schedule_poll(self, poll: bytes, poll_id: str, delay: float | None) -> None:
@@ -82,13 +102,13 @@ class JobFollower:
     def __init__(
         self,
         api: Api,
-        outbox: PollOutbox,
+        publisher: PollPublisher,
         outcomes: OutcomeStore,
         schedule: Sequence[float],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._api = api
-        self._outbox = outbox
+        self._publisher = publisher
         self._outcomes = outcomes
         self._schedule = tuple(schedule)
         self._now = now
@@ -125,46 +145,44 @@ class JobFollower:
     async def _poll(self, poll: Poll) -> None:
         claim = await claim_when_free(self._outcomes, poll.key)
         if isinstance(claim, Recorded):
-            decision = json.loads(claim.event)
-            if decision["state"] == "decided":
-                await self._finish(poll, decision)
-                await self._outcomes.record(poll.key, "", b'{"state": "done"}')
+            recorded = PollDecision.model_validate_json(claim.event)
+            if recorded.state == "decided":
+                await self._finish(poll, recorded)
+                await self._outcomes.record(poll.key, "", _DONE)
             return
         try:
             decision = await self._decide(poll)
         except BaseException:
             await self._outcomes.release(poll.key, claim.token)
             raise
-        await self._outcomes.record(poll.key, claim.token, json.dumps(decision).encode())
-        if decision["progress"] is not None:
-            progress = EncodedEvent.parse(decision["progress"].encode())
-            await self._outbox.publish(progress, poll.reply_to)
+        await self._outcomes.record(poll.key, claim.token, decision.model_dump_json().encode())
+        if decision.progress is not None:
+            progress = EncodedEvent.parse(decision.progress.encode())
+            await self._publisher.publish(progress, poll.reply_to)
         await self._finish(poll, decision)
-        await self._outcomes.record(poll.key, claim.token, b'{"state": "done"}')
+        await self._outcomes.record(poll.key, claim.token, _DONE)
 
-    async def _finish(self, poll: Poll, decision: dict[str, Any]) -> None:
-        if decision["terminal"] is not None:
-            terminal = EncodedEvent.parse(decision["terminal"].encode())
-            await self._outbox.publish(terminal, poll.reply_to)
+    async def _finish(self, poll: Poll, decision: PollDecision) -> None:
+        if decision.terminal is not None:
+            terminal = EncodedEvent.parse(decision.terminal.encode())
+            await self._publisher.publish(terminal, poll.reply_to)
             log.info("job followed to its end", event_type=terminal.type)
-        if decision["next"] is not None:
-            await self._schedule_poll(Poll.model_validate(decision["next"]), decision["delay"])
+        if decision.next is not None:
+            await self._schedule_poll(decision.next, decision.delay)
 
     async def _schedule_poll(self, poll: Poll, delay: float | None) -> None:
-        await self._outbox.schedule_poll(poll.model_dump_json().encode(), poll.key, delay)
+        await self._publisher.schedule_poll(poll.model_dump_json().encode(), poll.key, delay)
 
-    async def _decide(self, poll: Poll) -> dict[str, Any]:
+    async def _decide(self, poll: Poll) -> PollDecision:
         """Look at the job once; say which events to publish and when to look again."""
-        decision: dict[str, Any] = {
-            "state": "decided", "progress": None, "terminal": None, "next": None, "delay": None,
-        }  # fmt: skip
+        progress_event: str | None = None
         path = PROGRESS_PATH.format(jobId=poll.job_id)
         try:
             response = await self._api.send(ApiRequest("GET", path, None, PROGRESS_PATH))
             progress = _progress(response)
             changed = (progress["percentage"], progress["step"]) != (poll.percentage, poll.step)
             if changed:
-                decision["progress"] = self._event(
+                progress_event = self._event(
                     PROGRESS_EVENT, poll, {"jobId": poll.job_id, **progress}, response.attempts
                 )
             if progress["state"] == "Over":
@@ -173,10 +191,8 @@ class JobFollower:
                 )
                 terminal = TERMINAL_EVENTS.get(str(job.document.get("job", {}).get("state")))
                 if terminal is not None:
-                    decision["terminal"] = self._event(
-                        terminal, poll, job.document["job"], job.attempts
-                    )
-                    return decision
+                    ended = self._event(terminal, poll, job.document["job"], job.attempts)
+                    return PollDecision(progress=progress_event, terminal=ended)
             index = next_index(poll.index, changed, len(self._schedule))
             next_poll = poll.model_copy(
                 update={
@@ -188,15 +204,12 @@ class JobFollower:
             )
         except WorkerError as error:
             if not error.retriable:
-                decision["terminal"] = self._failure(poll, error)
-                return decision
+                return PollDecision(progress=progress_event, terminal=self._failure(poll, error))
             # The API is down for now: keep following, at the slow end of the schedule.
             log.warning("poll failed; trying again later", error_code=error.code)
             index = len(self._schedule) - 1
             next_poll = poll.model_copy(update={"seq": poll.seq + 1, "index": index})
-        decision["next"] = next_poll.model_dump(mode="json")
-        decision["delay"] = self._schedule[index]
-        return decision
+        return PollDecision(progress=progress_event, next=next_poll, delay=self._schedule[index])
 
     def _event(self, event_type: str, poll: Poll, result: dict[str, Any], attempts: int) -> str:
         event = success(

@@ -26,9 +26,8 @@ import aio_pika
 import pytest
 from aiormq.exceptions import ChannelAccessRefused
 
-from service.handlers import DELAYED_ATTEMPT_HEADER, REPLAY_HEADER
+from service.delivery import DELAYED_ATTEMPT_HEADER, REPLAY_HEADER, ROUTING_KEY_HEADER
 from service.jobs import Poll
-from service.outbox import ROUTING_KEY_HEADER
 from service.producer import Producer
 from service.simulator import SimulatorHandle
 from tests.integration.conftest import AMQP_BASE, WorkerProcess, drain_queue, worker_settings

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service import asyncapi, contract
-from service.commands import COMMANDS
-from service.handlers import UNKNOWN_COMMAND_EVENT
+from service import asyncapi, contract, json_schemas
+from service.commands import COMMANDS, UNKNOWN_COMMAND_EVENT
 from service.jobs import JOB_EVENTS
 from service.settings import Settings
 
@@ -32,7 +31,7 @@ def test_drift_is_detected(tmp_path: Path) -> None:
 
 
 def test_every_command_and_both_its_events_have_a_schema() -> None:
-    names = set(contract.schemas())
+    names = set(json_schemas.schemas())
     for spec in COMMANDS:
         assert f"commands/{spec.routing_key}.json" in names
         assert spec.success_event is None or f"events/{spec.success_event}.json" in names
@@ -40,7 +39,7 @@ def test_every_command_and_both_its_events_have_a_schema() -> None:
 
 
 def test_command_schema_states_the_page_rules() -> None:
-    schema = contract.schemas()["commands/application.create.json"]
+    schema = json_schemas.schemas()["commands/application.create.json"]
     assert schema["required"] == ["displayName", "version"]
     assert schema["properties"]["displayName"]["maxLength"] == 250
     assert schema["additionalProperties"] is False
@@ -133,7 +132,7 @@ def _hoisted(schema: Any) -> Any:
 def test_asyncapi_payloads_are_the_contract_schemas() -> None:
     document = asyncapi.document()
     components = document["components"]
-    for relative, schema in contract.schemas().items():
+    for relative, schema in json_schemas.schemas().items():
         name = relative.split("/", 1)[1].removesuffix(".json")
         expected = {k: v for k, v in schema.items() if k not in {"$schema", "$defs"}}
         assert _follow(document, components["messages"][name]["payload"]) == _hoisted(expected)

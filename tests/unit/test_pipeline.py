@@ -11,19 +11,14 @@ from pydantic import field_validator
 
 from service.api import ApiResponse
 from service.commands import BY_ROUTING_KEY, ApiRequest
+from service.delivery import DELAYED_ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, Delivery
 from service.errors import ApiError, RetriesExhausted, WorkerError
 from service.events import EncodedEvent
-from service.handlers import (
-    DELAYED_ATTEMPT_HEADER,
-    DELIVERY_COUNT_HEADER,
-    Delivery,
-    DeliveryPolicy,
-    Pipeline,
-)
 from service.idempotency import MemoryOutcomes
 from service.jobs import JobFollower
 from service.messages import CreateWorkspace
 from service.metrics import Metrics
+from service.pipeline import DeliveryPolicy, Pipeline
 
 WORKSPACE = {"id": "w1", "name": "w", "createdDateTime": "2026-01-01T00:00:00Z"}
 
@@ -41,7 +36,7 @@ class FakeApi:
         return answer
 
 
-class FakeOutbox:
+class FakePublisher:
     def __init__(self) -> None:
         self.published: list[dict[str, Any]] = []
         self.dead: list[str] = []
@@ -77,15 +72,15 @@ def delivery(message_id: str | None = "c1", headers: dict[str, Any] | None = Non
 
 
 def pipeline(
-    api: FakeApi, outbox: FakeOutbox, outcomes: MemoryOutcomes | None = None, **policy: Any
+    api: FakeApi, publisher: FakePublisher, outcomes: MemoryOutcomes | None = None, **policy: Any
 ) -> Pipeline:
     outcomes = outcomes or MemoryOutcomes(ttl=60, lease=5)
     return Pipeline(
         api,
-        outbox,
+        publisher,
         outcomes,
         metrics=Metrics(frozenset({"workspace.create"})),
-        follower=JobFollower(api, outbox, outcomes, schedule=(15.0, 30.0)),
+        follower=JobFollower(api, publisher, outcomes, schedule=(15.0, 30.0)),
         policy=DeliveryPolicy(
             **{"retry_delays": (), "crash_backoff": 0.001, "crash_backoff_max": 0.001, **policy}
         ),
@@ -96,68 +91,68 @@ SPEC = BY_ROUTING_KEY["workspace.create"]
 
 
 async def test_success_is_published_and_a_resend_is_answered_from_the_record() -> None:
-    api, outbox = FakeApi(created()), FakeOutbox()
-    worker = pipeline(api, outbox)
+    api, publisher = FakeApi(created()), FakePublisher()
+    worker = pipeline(api, publisher)
     await worker.handle(SPEC, delivery())
     await worker.handle(SPEC, delivery())
     assert len(api.requests) == 1
-    assert outbox.published[0] == outbox.published[1]
-    assert outbox.published[0]["result"] == WORKSPACE
+    assert publisher.published[0] == publisher.published[1]
+    assert publisher.published[0]["result"] == WORKSPACE
 
 
 async def test_commands_without_an_id_are_never_deduplicated() -> None:
-    api, outbox = FakeApi(created(), created()), FakeOutbox()
-    worker = pipeline(api, outbox)
+    api, publisher = FakeApi(created(), created()), FakePublisher()
+    worker = pipeline(api, publisher)
     await worker.handle(SPEC, delivery(message_id=None))
     await worker.handle(SPEC, delivery(message_id=None))
     assert len(api.requests) == 2
-    assert outbox.published[0]["commandId"] != outbox.published[1]["commandId"]
+    assert publisher.published[0]["commandId"] != publisher.published[1]["commandId"]
 
 
 async def test_a_refusal_is_recorded_and_not_dead_lettered() -> None:
     refusal = ApiError("gone", status=404, code="WorkspaceNotFound")
-    api, outbox = FakeApi(refusal), FakeOutbox()
-    worker = pipeline(api, outbox)
+    api, publisher = FakeApi(refusal), FakePublisher()
+    worker = pipeline(api, publisher)
     await worker.handle(SPEC, delivery())
     await worker.handle(SPEC, delivery())
     assert len(api.requests) == 1
-    assert outbox.dead == []
-    assert outbox.published[1]["error"]["code"] == "WorkspaceNotFound"
+    assert publisher.dead == []
+    assert publisher.published[1]["error"]["code"] == "WorkspaceNotFound"
 
 
 async def test_retriable_failure_is_delayed_without_an_event_then_final() -> None:
     down = RetriesExhausted("down", status=503)
-    api, outbox = FakeApi(down, down), FakeOutbox()
-    worker = pipeline(api, outbox, retry_delays=(10.0,))
+    api, publisher = FakeApi(down, down), FakePublisher()
+    worker = pipeline(api, publisher, retry_delays=(10.0,))
     await worker.handle(SPEC, delivery())
-    assert (outbox.delayed, outbox.published) == ([(1, 10.0)], [])
+    assert (publisher.delayed, publisher.published) == ([(1, 10.0)], [])
     await worker.handle(SPEC, delivery(headers={DELAYED_ATTEMPT_HEADER: 1}))
-    assert outbox.published[0]["error"]["code"] == "RetriesExhausted"
-    assert outbox.dead == ["RetriesExhausted"]
+    assert publisher.published[0]["error"]["code"] == "RetriesExhausted"
+    assert publisher.dead == ["RetriesExhausted"]
 
 
 async def test_a_final_retriable_outcome_is_recorded_like_any_other() -> None:
     """Its delays spent, a retriable failure is final: a re-send gets the same event."""
-    api, outbox = FakeApi(RetriesExhausted("down", status=503), created()), FakeOutbox()
-    worker = pipeline(api, outbox)
+    api, publisher = FakeApi(RetriesExhausted("down", status=503), created()), FakePublisher()
+    worker = pipeline(api, publisher)
     await worker.handle(SPEC, delivery())
     await worker.handle(SPEC, delivery())
-    assert [event["type"] for event in outbox.published] == ["workspace.create.failed"] * 2
-    assert outbox.published[0] == outbox.published[1]
+    assert [event["type"] for event in publisher.published] == ["workspace.create.failed"] * 2
+    assert publisher.published[0] == publisher.published[1]
     assert len(api.requests) == 1
 
 
 async def test_a_crash_is_redelivered_until_the_last_delivery_then_becomes_an_event() -> None:
-    api, outbox = FakeApi(RuntimeError("bug"), RuntimeError("bug")), FakeOutbox()
-    worker = pipeline(api, outbox, delivery_limit=3)
+    api, publisher = FakeApi(RuntimeError("bug"), RuntimeError("bug")), FakePublisher()
+    worker = pipeline(api, publisher, delivery_limit=3)
     with pytest.raises(RuntimeError):
         await worker.handle(SPEC, delivery(headers={DELIVERY_COUNT_HEADER: 2}))
-    assert outbox.published == []
+    assert publisher.published == []
     await worker.handle(SPEC, delivery(headers={DELIVERY_COUNT_HEADER: 3}))
-    error = outbox.published[0]["error"]
+    error = publisher.published[0]["error"]
     assert (error["code"], error["retriable"]) == ("RetriesExhausted", False)
     assert "RuntimeError" in error["message"]
-    assert outbox.dead == ["RetriesExhausted"]
+    assert publisher.dead == ["RetriesExhausted"]
 
 
 async def test_a_crash_in_validation_is_bounded_like_any_other() -> None:
@@ -168,31 +163,31 @@ async def test_a_crash_in_validation_is_bounded_like_any_other() -> None:
             raise RuntimeError("validator bug")  # not a ValueError: pydantic lets it out
 
     spec = replace(SPEC, model=Crashing)
-    api, outbox = FakeApi(), FakeOutbox()
-    worker = pipeline(api, outbox, delivery_limit=3)
+    api, publisher = FakeApi(), FakePublisher()
+    worker = pipeline(api, publisher, delivery_limit=3)
     with pytest.raises(RuntimeError):
         await worker.handle(spec, delivery(headers={DELIVERY_COUNT_HEADER: 2}))
     await worker.handle(spec, delivery(headers={DELIVERY_COUNT_HEADER: 3}))
     assert api.requests == []
-    assert outbox.published[0]["error"]["code"] == "RetriesExhausted"
+    assert publisher.published[0]["error"]["code"] == "RetriesExhausted"
 
 
 async def test_invalid_command_costs_no_call() -> None:
-    api, outbox = FakeApi(), FakeOutbox()
-    await pipeline(api, outbox).handle(
+    api, publisher = FakeApi(), FakePublisher()
+    await pipeline(api, publisher).handle(
         SPEC, Delivery(body=b"{", routing_key="workspace.create", message_id="c2")
     )
     assert api.requests == []
-    assert outbox.dead == ["InvalidCommand"]
+    assert publisher.dead == ["InvalidCommand"]
 
 
 async def test_unknown_routing_keys_name_their_event_safely() -> None:
-    outbox = FakeOutbox()
-    worker = pipeline(FakeApi(), outbox)
+    publisher = FakePublisher()
+    worker = pipeline(FakeApi(), publisher)
     await worker.handle(None, Delivery(body=b"{}", routing_key="thing.do", message_id="u1"))
     await worker.handle(None, Delivery(body=b"{}", routing_key="a b/../#", message_id="u2"))
-    assert [event["type"] for event in outbox.published] == ["thing.do.failed", "command.failed"]
-    assert {event["error"]["code"] for event in outbox.published} == {"UnknownCommand"}
+    assert [event["type"] for event in publisher.published] == ["thing.do.failed", "command.failed"]
+    assert {event["error"]["code"] for event in publisher.published} == {"UnknownCommand"}
 
 
 def test_a_crashed_delivery_waits_longer_each_time_up_to_the_ceiling() -> None:

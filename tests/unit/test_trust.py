@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
+from service.delivery import REPLAY_HEADER, Delivery
 from service.dlq import amqp_user
-from service.handlers import REPLAY_HEADER, Delivery
 from service.settings import Settings, SettingsError, load_settings
 from service.trust import Trust, printable
-from tests.unit.test_pipeline import SPEC, FakeApi, FakeOutbox, created, pipeline
+from tests.unit.test_pipeline import SPEC, FakeApi, FakePublisher, created, pipeline
 
 DEFAULT_PATTERN = Settings.model_fields["reply_to_pattern"].default
 OWN = frozenset({"itwin-worker.retry", "itwin-worker.replay"})
@@ -115,7 +115,7 @@ def test_the_operator_user_is_read_from_the_url_without_its_password() -> None:
 
 
 async def test_the_pipeline_logs_what_it_ignored_once_names_only() -> None:
-    api, outbox = FakeApi(created()), FakeOutbox()
+    api, publisher = FakeApi(created()), FakePublisher()
     vetted = trust().vet("itwin.commands", {REPLAY_HEADER: "forged-value"}, "billing\ninbox")
     delivery = Delivery(
         body=b'{"name": "w"}',
@@ -127,9 +127,9 @@ async def test_the_pipeline_logs_what_it_ignored_once_names_only() -> None:
         refused_reply_to=vetted.refused_reply_to,
     )
     with capture_logs() as logs:
-        await pipeline(api, outbox).handle(SPEC, delivery)
+        await pipeline(api, publisher).handle(SPEC, delivery)
     warnings = [entry for entry in logs if entry["log_level"] == "warning"]
     assert [entry.get("headers") for entry in warnings] == [[REPLAY_HEADER], None]
     assert warnings[1]["reply_to"] == "billing\\ninbox"
     assert "forged-value" not in repr(logs)
-    assert len(outbox.published) == 1
+    assert len(publisher.published) == 1

@@ -1,0 +1,377 @@
+"""The one pipeline every command goes through, in the order of this module.
+
+enter (ids, log context) → validate (`spec.parse`, no I/O) → claim the id (a recorded outcome
+is published again, nothing is called) → call (limiter, token, retries: `service.api`) →
+outcome (an event, or the job's own events to come) → delay it (retriable, delays left) or
+conclude: follow the job, record, dead-letter a fault, publish.
+
+The broker adapter acks the command only after `handle` returns, that is after every publish
+here was confirmed. A crash goes back to the queue (after a back-off); a crash in validation or
+the call becomes a `RetriesExhausted` failure event on the queue's last delivery instead, so
+even a poison command ends in one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from service.api import ApiResponse
+from service.commands import ApiRequest, CommandSpec, failure_event_type
+from service.delivery import Delivery
+from service.errors import (
+    ApiError,
+    InvalidCommand,
+    RetriesExhausted,
+    UnknownCommand,
+    WorkerError,
+)
+from service.events import EncodedEvent, Event, failure, success
+from service.idempotency import Leased, OutcomeStore, Recorded, claim_when_free
+from service.jobs import JobFollower
+from service.messages import Command, JobRef
+from service.metrics import Metrics
+
+log = structlog.get_logger("itwin_worker.pipeline")
+
+_JSON_CONTENT_TYPE = re.compile(r"^application/json\s*(;.*)?$", re.IGNORECASE)
+
+
+class Api(Protocol):
+    async def send(self, request: ApiRequest) -> ApiResponse: ...
+
+
+class Publisher(Protocol):
+    """Where events, delays and dead letters go; each returns once the broker confirmed."""
+
+    async def publish(self, event: EncodedEvent, reply_to: str | None) -> None: ...
+
+    async def dead_letter(
+        self, delivery: Delivery, event: EncodedEvent, reason: WorkerError
+    ) -> None: ...
+
+    async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    retry_delays: Sequence[float] = (10.0, 60.0, 300.0)
+    """Delays before the command is tried again after a retriable failure, in order."""
+    delivery_limit: int = 5
+    """The queues' x-delivery-limit: on the last delivery a crash becomes a failure event."""
+    crash_backoff: float = 0.5
+    """Seconds to wait before a crashed delivery goes back to the queue, doubled with each
+    delivery up to `crash_backoff_max`."""
+    crash_backoff_max: float = 10.0
+
+    def crash_wait(self, delivery_count: int) -> float:
+        return min(self.crash_backoff_max, self.crash_backoff * 2.0 ** min(delivery_count, 62))
+
+    def delay_for(self, error: WorkerError | None, delivery: Delivery) -> float | None:
+        """Seconds to park a retriable failure for, or None when the outcome is final."""
+        attempt = delivery.delayed_attempt
+        if error is None or not error.retriable or attempt >= len(self.retry_delays):
+            return None
+        return self.retry_delays[attempt]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one command's call."""
+
+    event: Event | None
+    """The event to publish; None when the job's own events will speak (`job.follow`)."""
+    error: WorkerError | None = None
+    """None on success."""
+    status: int | None = None
+    """The API's HTTP status, None when the API was not reached."""
+    command: Command | None = None
+    """The validated command, when it succeeded (a job to follow)."""
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How `handle` left the command, for metrics."""
+
+    how: Literal["success", "failure", "duplicate", "delayed"]
+    error_code: str = ""
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> Settled:
+        if outcome.error is None:
+            return cls("success")
+        return cls("failure", outcome.error.code)
+
+
+class Pipeline:
+    """Turns one delivery into exactly one event per recorded outcome."""
+
+    def __init__(
+        self,
+        api: Api,
+        publisher: Publisher,
+        outcomes: OutcomeStore,
+        *,
+        metrics: Metrics,
+        follower: JobFollower,
+        policy: DeliveryPolicy = DeliveryPolicy(),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._metrics = metrics
+        self._follower = follower
+        self._api = api
+        self._publisher = publisher
+        self._outcomes = outcomes
+        self._policy = policy
+        self._now = now
+
+    async def handle(self, spec: CommandSpec | None, delivery: Delivery) -> None:
+        started = time.perf_counter()
+        delivery = self._enter(delivery)
+        routing_key = self._metrics.routing_key(delivery.routing_key)
+        self._metrics.commands_received.labels(routing_key).inc()
+        self._metrics.in_flight.inc()
+        try:
+            settled = await self._work(spec, delivery, started)
+        except Exception:
+            await self._back_off(delivery)
+            raise
+        finally:
+            self._metrics.in_flight.dec()
+            structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "routing_key")
+        self._metrics.commands_finished.labels(routing_key, settled.how, settled.error_code).inc()
+
+    def _enter(self, delivery: Delivery) -> Delivery:
+        """Settle the ids (a made-up id stays the same through delays) and the log context."""
+        if not delivery.message_id:
+            log.warning("command has no message_id; it cannot be deduplicated")
+        command_id = delivery.message_id or str(uuid.uuid4())
+        delivery = replace(
+            delivery,
+            message_id=command_id,
+            correlation_id=delivery.correlation_id or command_id,
+            id_made_up=not delivery.message_id,
+        )
+        structlog.contextvars.bind_contextvars(
+            command_id=command_id,
+            correlation_id=delivery.correlation_id,
+            routing_key=delivery.routing_key,
+        )
+        if delivery.ignored_headers:
+            log.warning(
+                "ignored the worker's own headers: the message did not come through its exchanges",
+                headers=list(delivery.ignored_headers),
+            )
+        if delivery.refused_reply_to is not None:
+            log.warning(
+                "reply_to not allowed by REPLY_TO_PATTERN; the event goes to the event exchange",
+                reply_to=delivery.refused_reply_to,
+            )
+        return delivery
+
+    async def _work(self, spec: CommandSpec | None, delivery: Delivery, started: float) -> Settled:
+        try:
+            prepared = _validate(spec, delivery)
+        except Exception as crash:
+            return await self._poisoned(spec, delivery, crash)
+        # A crash from here to the call (Redis unreachable) goes back to the queue as it is:
+        # the queue's delivery limit bounds it, and the command reaches the dead-letter queue
+        # untouched, for a replay.
+        lease = await self._claim(delivery)
+        if isinstance(lease, Recorded):
+            # An empty record: the command's only announcement is its job's own events.
+            if lease.event:
+                await self._publisher.publish(EncodedEvent.parse(lease.event), delivery.reply_to)
+            log.info("duplicate command: answered from its recorded outcome")
+            return Settled("duplicate")
+        try:
+            outcome = await self._call(spec, delivery, prepared)
+        except Exception as crash:
+            await self._release(delivery, lease)
+            return await self._poisoned(spec, delivery, crash)
+        try:
+            delay = self._policy.delay_for(outcome.error, delivery)
+            if delay is not None and outcome.error is not None:
+                await self._release(delivery, lease)
+                attempt = delivery.delayed_attempt + 1
+                await self._publisher.delay(delivery, attempt, delay)
+                log.info(
+                    "command delayed", error_code=outcome.error.code, delay_s=delay,
+                    attempt=attempt,
+                )  # fmt: skip
+                return Settled("delayed", outcome.error.code)
+            await self._conclude(spec, delivery, outcome, lease)
+        except BaseException:
+            await self._release(delivery, lease)
+            raise
+        _log_finished(outcome, started)
+        return Settled.of(outcome)
+
+    async def _claim(self, delivery: Delivery) -> Recorded | Leased | None:
+        """The lease on the command id (None: no id of the producer's, nothing to claim)."""
+        if delivery.id_made_up:
+            return None
+        command_id = delivery.message_id or ""
+        return await claim_when_free(self._outcomes, command_id, fresh=delivery.replay)
+
+    async def _release(self, delivery: Delivery, lease: Leased | None) -> None:
+        if lease is not None:
+            await self._outcomes.release(delivery.message_id or "", lease.token)
+
+    async def _call(
+        self, spec: CommandSpec | None, delivery: Delivery, prepared: Prepared | WorkerError
+    ) -> Outcome:
+        if isinstance(prepared, WorkerError):
+            return self._failed(spec, delivery, prepared)
+        command, request = prepared
+        assert spec is not None  # a prepared command has a spec
+        try:
+            response = await self._api.send(request)
+            result = _inner_object(response, spec)
+        except WorkerError as error:
+            return self._failed(spec, delivery, error)
+        if spec.success_event is None:
+            return Outcome(None, status=response.status, command=command)
+        command_id = delivery.message_id or ""
+        event = success(
+            spec.success_event,
+            command_id=command_id,
+            correlation_id=delivery.correlation_id or command_id,
+            result=result,
+            attempts=response.attempts,
+            now=self._now(),
+        )
+        return Outcome(event, status=response.status, command=command)
+
+    async def _conclude(
+        self, spec: CommandSpec | None, delivery: Delivery, outcome: Outcome, lease: Leased | None
+    ) -> None:
+        """Follow the job if asked, record the outcome, dead-letter a fault, publish."""
+        command_id = delivery.message_id or ""
+        command, error = outcome.command, outcome.error
+        if isinstance(command, JobRef) and spec is not None and spec.follows_job:
+            # Before the record: a crash here makes the command come back and start again;
+            # the first poll's id is fixed, so a second start adds no second follower.
+            await self._follower.start(
+                command.job_id,
+                command_id,
+                delivery.correlation_id or command_id,
+                delivery.reply_to,
+                at_once=spec.success_event is None,
+            )
+        encoded = EncodedEvent.of(outcome.event) if outcome.event is not None else None
+        if lease is not None:
+            # Final, retriable or not (its delays are spent): a re-send gets this same event.
+            # An operator's `dlq replay` is how a final failure is tried again.
+            await self._outcomes.record(command_id, lease.token, encoded.body if encoded else b"")
+        if encoded is not None:
+            if error is not None and error.dead_letter:
+                await self._publisher.dead_letter(delivery, encoded, error)
+                self._metrics.dead_letters.labels(error.code).inc()
+            await self._publisher.publish(encoded, delivery.reply_to)
+
+    async def _back_off(self, delivery: Delivery) -> None:
+        """Wait before the crashed delivery goes back to the queue: a short outage of Redis or
+        the broker then costs a few slow redeliveries, not the whole delivery limit spent in
+        milliseconds and the command dead-lettered."""
+        count = delivery.delivery_count
+        wait = self._policy.crash_wait(count)
+        log.warning(
+            "command crashed; back to the queue", delivery_count=count, wait_s=wait, exc_info=True
+        )
+        await asyncio.sleep(wait)
+
+    async def _poisoned(
+        self, spec: CommandSpec | None, delivery: Delivery, crash: Exception
+    ) -> Settled:
+        """A crash in validation or in the call: back to the queue (raised again), except on
+        the queue's last delivery, where it becomes a failure event and a dead letter (not
+        recorded), so even a poison command ends in one event."""
+        if delivery.delivery_count < self._policy.delivery_limit:
+            raise crash
+        error = RetriesExhausted(
+            f"The worker failed on this command {self._policy.delivery_limit + 1} times "
+            f"({type(crash).__name__}).",
+            retriable=False,
+        )
+        log.error("command crashed on its last delivery", exc_info=crash)
+        outcome = self._failed(spec, delivery, error)
+        await self._conclude(spec, delivery, outcome, None)
+        return Settled.of(outcome)
+
+    def _failed(self, spec: CommandSpec | None, delivery: Delivery, error: WorkerError) -> Outcome:
+        command_id = delivery.message_id or ""
+        event = failure(
+            failure_event_type(spec, delivery.routing_key),
+            command_id=command_id,
+            correlation_id=delivery.correlation_id or command_id,
+            error=error,
+            now=self._now(),
+        )
+        return Outcome(event, error, error.status)
+
+
+def _log_finished(outcome: Outcome, started: float) -> None:
+    error, event = outcome.error, outcome.event
+    log.info(
+        "command finished",
+        outcome="success" if error is None else "failure",
+        event_type=event.type if event else "following",
+        api_status=outcome.status,
+        error_code=error.code if error else None,
+        attempts=event.attempts if event else 1,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+Prepared = tuple[Command, ApiRequest]
+
+
+def _validate(spec: CommandSpec | None, delivery: Delivery) -> Prepared | WorkerError:
+    """Everything about the command that needs no I/O: a known key, JSON, a valid body. A
+    refusal is returned, to become the command's failure event; a bug raises, and meets the
+    poison bound like any other crash."""
+    if spec is None:
+        return UnknownCommand("No command is bound to this routing key.", target="routingKey")
+    try:
+        _check_content_type(delivery.content_type)
+        command = spec.parse(delivery.body)
+        return command, spec.request(command)
+    except InvalidCommand as refusal:
+        return refusal
+
+
+def _check_content_type(content_type: str | None) -> None:
+    if content_type and not _JSON_CONTENT_TYPE.match(content_type):
+        raise InvalidCommand(
+            "Commands are UTF-8 JSON: content_type must be application/json or absent.",
+            details=[
+                {
+                    "code": "InvalidValue",
+                    "message": "content_type must be application/json or absent",
+                    "target": "content_type",
+                }
+            ],
+        )
+
+
+def _inner_object(response: ApiResponse, spec: CommandSpec) -> dict[str, Any]:
+    inner = response.document.get(spec.result_key)
+    if not isinstance(inner, dict):
+        error = ApiError(
+            f"The API's answer has no '{spec.result_key}' object.",
+            status=response.status,
+            code="UnexpectedResponse",
+            dead_letter=True,
+        )
+        error.attempts = response.attempts
+        raise error
+    return inner
