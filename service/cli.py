@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import uvloop
 
-from service import contract, logs, simulator
+from service import configuration_doc, contract, logs, simulator
 from service.app import Worker
 from service.commands import BY_ROUTING_KEY
 from service.dlq import DeadLetters, amqp_user
@@ -288,6 +288,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--id", action="append", dest="ids", help="only this command id")
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of the contract")
     schemas.add_argument("directory", nargs="?", default="schemas", type=Path)
+    settings_doc = commands.add_parser(
+        "settings-doc", help="write docs/configuration.md from the settings"
+    )
+    settings_doc.add_argument("path", nargs="?", default=configuration_doc.DEFAULT_PATH, type=Path)
     return parser
 
 
@@ -302,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format, known_secrets=[secret])
     if args.command == "schemas":
         contract.write(args.directory)
+        return 0
+    if args.command == "settings-doc":
+        configuration_doc.write(args.path)
         return 0
     runners = {
         "run": _run,

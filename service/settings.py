@@ -39,19 +39,35 @@ class Settings(BaseSettings):
     """Everything the worker can be told from outside; defaults are the contract's."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ITWIN_WORKER_", extra="ignore", frozen=True, validate_default=True
+        env_prefix="ITWIN_WORKER_",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        # The docstrings below each field are its description (docs/configuration.md).
+        use_attribute_docstrings=True,
     )
 
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    """The broker: `amqp://` or `amqps://`, user, password and vhost."""
     api_base_url: AnyHttpUrl = AnyHttpUrl("https://api.bentley.com")
+    """The iTwin Platform (or the simulator)."""
     token_url: AnyHttpUrl = AnyHttpUrl("https://ims.bentley.com/connect/token")
+    """The OAuth2 token endpoint (client credentials)."""
     client_id: str | None = None
+    """The service client's id; required to run."""
     client_secret: SecretStr | None = None
+    """Its secret; required to run, never logged."""
     scopes: str = "itwin-platform"
+    """Requested scopes (the per-API scopes are deprecated upstream)."""
 
     rate_limit_per_second: PositiveFloat = COMMUNITY_RATE_PER_SECOND
+    """The token bucket's rate, shared by every call and every replica. 8/s and a burst of 20
+    fit the Community tier: no 60 s window over 500 calls."""
     rate_limit_burst: PositiveInt = COMMUNITY_BURST
+    """The token bucket's capacity."""
     rate_limit_per_hour: PositiveInt | None = None
+    """Optional hourly budget (Community: 5000); 10 % of it may be spent as a burst, so no
+    60-minute window exceeds it."""
     rate_limit_wait_budget_seconds: PositiveFloat = 300.0
     """Total time a command may spend paused by 429 answers before it fails."""
     default_retry_after_seconds: PositiveFloat = 5.0
@@ -77,16 +93,25 @@ class Settings(BaseSettings):
     """Start of every key; no braces, which would change the keys' Cluster hash slots."""
 
     http_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, on the pod IP
+    """Address of `/healthz`, `/readyz`, `/metrics`."""
     http_port: int = Field(default=8080, ge=0, le=65535)
     """`/healthz`, `/readyz`, `/metrics`; 0 picks a free port (tests)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """DEBUG, INFO, WARNING or ERROR."""
     log_format: Literal["json", "console"] = "json"
+    """`json` lines, or `console` for people at a terminal."""
     job_poll_schedule: Annotated[list[PositiveFloat], NoDecode] = [15.0, 30.0, 60.0, 120.0]
+    """Seconds between job progress polls, comma-separated: the next interval moves along the
+    list while nothing changes (the last repeats) and restarts when the percentage changes."""
 
     command_exchange: str = "itwin.commands"
+    """Where producers publish commands (topic)."""
     event_exchange: str = "itwin.events"
+    """Where events go (topic; routing key = event type)."""
     queue_prefix: str = "itwin-worker."
+    """Prefix of the worker's queues and of its retry and replay exchanges."""
     dead_letter_queue: str = "itwin-worker.dlq"
+    """Commands the worker could not process, with headers saying why."""
     prefetch: PositiveInt = 32
     """Commands one worker process handles at once (the channel's prefetch count)."""
     delivery_limit: PositiveInt = 5
@@ -104,13 +129,18 @@ class Settings(BaseSettings):
     token endpoint, as standard clients do; false ignores them (direct connections)."""
 
     api_connect_timeout_seconds: PositiveFloat = 5.0
+    """Connecting to the API or the token endpoint."""
     api_read_timeout_seconds: PositiveFloat = 30.0
+    """Waiting for an answer (also for a pooled connection)."""
     retry_attempts: PositiveInt = 4
     """Attempts per command for transient failures (connect errors, 502/503/504)."""
     retry_initial_seconds: PositiveFloat = 0.5
     """First back-off of an API retry, and of a crashed command's redelivery; doubles."""
     retry_max_seconds: PositiveFloat = 10.0
+    """Ceiling of those back-offs."""
     token_refresh_margin_seconds: PositiveFloat = 300.0
+    """Refresh a token this long before it expires (a tenth of its life for short-lived
+    tokens)."""
 
     retry_delays: Annotated[list[PositiveFloat], NoDecode] = [10.0, 60.0, 300.0]
     """Delayed redeliveries after a retriable failure (delay queues), before it is final."""
