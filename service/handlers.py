@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from service.api import ApiResponse
-from service.commands import ApiRequest, CommandSpec
+from service.commands import ApiRequest, CommandSpec, UnexpectedAnswer
 from service.errors import (
     ApiError,
     InvalidCommand,
@@ -43,7 +43,7 @@ log = structlog.get_logger("itwin_worker.handlers")
 
 _JSON_CONTENT_TYPE = re.compile(r"^application/json\s*(;.*)?$", re.IGNORECASE)
 # Routing keys are producer input that becomes our event's routing key: only plain words.
-_SAFE_ROUTING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+SAFE_ROUTING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
 UNKNOWN_COMMAND_EVENT = "command.failed"
 
 # Headers the worker reads on a command. The `x-itwin-*` ones count only on messages that came
@@ -97,7 +97,8 @@ class Outbox(Protocol):
 def failure_event_type(spec: CommandSpec | None, routing_key: str) -> str:
     if spec is not None:
         return spec.failure_event
-    if _SAFE_ROUTING_KEY.match(routing_key):
+    # fullmatch: `$` would also match before a final line break.
+    if SAFE_ROUTING_KEY.fullmatch(routing_key):
         return f"{routing_key}.failed"
     return UNKNOWN_COMMAND_EVENT
 
@@ -314,7 +315,7 @@ class Pipeline:
             command, request = prepared
             assert spec is not None  # a prepared command has a spec
             response = await self._api.send(request, reservation)
-            result = _inner_object(response, spec)
+            result = _result(response, spec, command)
         except WorkerError as error:
             return self._failure(spec, delivery, command_id, error), error, error.status, None
         if spec.success_event is None:
@@ -356,15 +357,12 @@ def _check_content_type(content_type: str | None) -> None:
         )
 
 
-def _inner_object(response: ApiResponse, spec: CommandSpec) -> dict[str, Any]:
-    inner = response.document.get(spec.result_key)
-    if not isinstance(inner, dict):
+def _result(response: ApiResponse, spec: CommandSpec, command: Command) -> dict[str, Any]:
+    try:
+        return spec.result_of(command, response.document)
+    except UnexpectedAnswer as exc:
         error = ApiError(
-            f"The API's answer has no '{spec.result_key}' object.",
-            status=response.status,
-            code="UnexpectedResponse",
-            dead_letter=True,
+            str(exc), status=response.status, code="UnexpectedResponse", dead_letter=True
         )
         error.attempts = response.attempts
-        raise error
-    return inner
+        raise error from None

@@ -53,7 +53,7 @@ def _details(routing_key: str, body: bytes) -> list[dict[str, Any]]:
     return caught.value.details
 
 
-def test_catalogue_has_the_five_commands_with_contract_event_names() -> None:
+def test_catalogue_has_the_contracts_commands_and_event_names() -> None:
     assert {spec.routing_key: (spec.success_event, spec.failure_event) for spec in COMMANDS} == {
         "workspace.create": ("workspace.created", "workspace.create.failed"),
         "workspace.get": ("workspace.retrieved", "workspace.get.failed"),
@@ -64,6 +64,18 @@ def test_catalogue_has_the_five_commands_with_contract_event_names() -> None:
         "job.cancel": ("job.cancel.accepted", "job.cancel.failed"),
         "job.get": ("job.retrieved", "job.get.failed"),
         "job.follow": (None, "job.follow.failed"),
+        "workspace.delete": ("workspace.deleted", "workspace.delete.failed"),
+        "job.update": ("job.updated", "job.update.failed"),
+        "job.delete": ("job.deleted", "job.delete.failed"),
+        "engines.get": ("engines.retrieved", "engines.get.failed"),
+        "repository.list": ("repository.listed", "repository.list.failed"),
+        "repository.get": ("repository.retrieved", "repository.get.failed"),
+        "repository.update": ("repository.updated", "repository.update.failed"),
+        "repository.delete": ("repository.deleted", "repository.delete.failed"),
+        "application.list": ("application.listed", "application.list.failed"),
+        "application.get": ("application.retrieved", "application.get.failed"),
+        "application.update": ("application.updated", "application.update.failed"),
+        "application.delete": ("application.deleted", "application.delete.failed"),
     }
 
 
