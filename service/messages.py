@@ -76,7 +76,8 @@ def _integral_number(value: Any) -> Any:
     return value
 
 
-JsonInt = Annotated[int, BeforeValidator(_integral_number)]
+# The bound before the validator: after it, pydantic's schema would say `ge`, no JSON Schema word.
+Count = Annotated[int, Field(ge=0), BeforeValidator(_integral_number)]
 # A number the API can be sent: JSON text such as 1e400 parses to infinity, which is no JSON
 # number at all; the schema's bound refuses it as the model does.
 FiniteNumber = Annotated[float, Field(ge=0, le=sys.float_info.max)]
@@ -185,9 +186,7 @@ class CacheSettings(Command):
 
 class JobSettings(Command):
     quality: Quality | None = None
-    processing_engines: Annotated[JsonInt, Field(ge=0)] | None = Field(
-        default=None, alias="processingEngines"
-    )
+    processing_engines: Count | None = Field(default=None, alias="processingEngines")
     outputs: list[OutputFormat] | None = None
     cache_settings: CacheSettings | None = Field(default=None, alias="cacheSettings")
 
