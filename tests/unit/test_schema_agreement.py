@@ -224,18 +224,20 @@ def test_every_event_the_worker_makes_matches_its_schema() -> None:
     now = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     for spec in COMMANDS:
         error = InvalidCommand("bad", details=[{"code": "InvalidValue", "message": "m"}])
-        made = failure(spec.failure_event, command_id="c", correlation_id="c", error=error, now=now)
+        failed = failure(
+            spec.failure_event, command_id="c", correlation_id="c", error=error, now=now
+        )
         schema = SCHEMAS[f"events/{spec.failure_event}.json"]
-        assert Draft202012Validator(schema).is_valid(_event_document(made)), spec.failure_event
+        assert Draft202012Validator(schema).is_valid(_event_document(failed)), spec.failure_event
         if spec.success_event is None:
             continue
-        result = {"id": "x"}
-        if spec.result != "object":
+        result: dict[str, Any] = {"id": "x"}
+        if spec.result == "ids":
             result = {name: "x" for name in spec.path_fields}
-            if spec.result in {"list", "page"}:
-                result = {spec.result_key: [{"id": "x"}]}
-            if spec.result == "page":
-                result["continuationToken"] = None
+        elif spec.result in {"list", "page"}:
+            result = {spec.result_key: [{"id": "x"}]}
+        if spec.result == "page":
+            result["continuationToken"] = None
         made = success(
             spec.success_event,
             command_id="c",
