@@ -503,7 +503,7 @@ def test_new_calls_share_authentication_and_throttling(
     path: str,
     throttled: str,
 ) -> None:
-    body = {} if method in {"PATCH", "PUT"} else None
+    body: dict[str, Any] | None = {} if method in {"PATCH", "PUT"} else None
     unauthenticated = http.request(method, path, json=body, headers={"Accept": ACCEPT_MEDIA_TYPE})
     assert (unauthenticated.status_code, unauthenticated.json()["error"]["code"]) == (
         401,
