@@ -6,8 +6,8 @@ cancel, progress of a job, run in simulated time), the rest of each resource's l
 (delete, update, get and list: shared/design/api-beyond.md), the OAuth2 token endpoint (signed
 JWT access tokens) and OpenID Connect discovery with its JWKS on one port, answering with the
 pages' paths, headers, bodies and error objects, and lets tests inject rate limiting, latency,
-hangs, server errors, lost answers and job failures at runtime through `/_simulator/*`. `README.md` beside this file tells
-how to point a client at it.
+hangs, server errors, lost answers and job failures at runtime through `/_simulator/*`.
+`README.md` beside this file tells how to point a client at it.
 """
 
 from .app import build_app
