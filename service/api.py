@@ -6,8 +6,13 @@ could expire during it. 429s wait on the
 shared limiter (which the 429 paused) within a total wait budget, a 401 refreshes the token
 once, and failures that prove the request was not processed back off exponentially with full
 jitter for a bounded number of attempts. The retry loop is a few lines of our own: tenacity's
-machinery measured ~36 µs of CPU per command, about 2 % of the worker's budget. A POST whose
-answer was lost is never repeated: it ends as `OutcomeUnknown` instead of risking a duplicate.
+machinery measured ~36 µs of CPU per command, about 2 % of the worker's budget.
+
+A lost answer (the request went out, no answer came back) is repeated only for a request that is
+safe to repeat (GET, PUT, DELETE, and the PATCHes that only set fields): a POST, or a PATCH that
+changes a job's state, ends as `OutcomeUnknown` instead of risking a duplicate. A DELETE repeated
+after a lost answer that now gets 404 was deleted by the lost attempt: that is its success (the
+event's `attempts` shows the repeat). A 404 on a DELETE's first attempt stays the API's refusal.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import httpx
 from service.auth import TokenProvider
 from service.commands import ApiRequest
 from service.errors import (
-    IDEMPOTENT_METHODS,
     ApiError,
     OutcomeUnknown,
     RateLimited,
@@ -82,6 +86,8 @@ class _Tries:
         self.failures = 0
         self.rate_limited_for = 0.0
         self.refreshed = False
+        self.answer_lost = False
+        """An earlier attempt went out and its answer never came: it may have taken effect."""
 
     def stop(self, error: TransientError) -> bool:
         if isinstance(error, RateLimited):
@@ -181,16 +187,19 @@ class ApiClient:
                 request.json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             ).encode()
             headers["Content-Type"] = "application/json"
-        http_request = self._http.build_request(
-            request.method, self._url(request.path), content=body, headers=headers
-        )
+        url = self._url(request.path)
+        if request.query:
+            # httpx percent-encodes each name and value: a value cannot add a parameter.
+            url = url.copy_with(params=request.query)
+        http_request = self._http.build_request(request.method, url, content=body, headers=headers)
         try:
             response = await self._http.send(http_request)
             status = response.status_code
         except TRANSPORT_ERRORS as exc:
             if never_sent(exc):
                 raise TransientError(f"{type(exc).__name__} before the request was sent.") from None
-            if request.method in IDEMPOTENT_METHODS:
+            if request.safe_to_repeat:
+                tries.answer_lost = True
                 raise TransientError(
                     f"{type(exc).__name__} while waiting for the answer."
                 ) from None
@@ -204,6 +213,9 @@ class ApiClient:
             )
         if response.is_success:
             return ApiResponse(response.status_code, _document(response), tries.sent)
+        if response.status_code == 404 and request.method == "DELETE" and tries.answer_lost:
+            # Gone: the attempt whose answer was lost deleted it. The result names the ids.
+            return ApiResponse(response.status_code, {}, tries.sent)
         failure = classify_failure(
             request.method,
             response.status_code,
@@ -211,6 +223,7 @@ class ApiClient:
             response.content,
             now=self._now(),
             default_retry_after=self._policy.default_retry_after,
+            repeatable=request.safe_to_repeat,
         )
         if isinstance(failure, RateLimited):
             metrics.rate_limited.inc()

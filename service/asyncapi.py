@@ -17,7 +17,6 @@ Two things AsyncAPI has no field for are written as specification extensions or 
 
 from __future__ import annotations
 
-import copy
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -25,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from faststream.rabbit import RabbitExchange, RabbitQueue
 
 from service import json_schemas
-from service.commands import COMMANDS, SAFE_ROUTING_KEY, UNKNOWN_COMMAND_EVENT
+from service.commands import COMMANDS, UNKNOWN_COMMAND_EVENT
 from service.delivery import (
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
@@ -132,7 +131,8 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             "name": rk,
             "title": f"{rk} command",
             "summary": summary,
-            "description": f"API call: `{spec.method} {spec.path}`. Success: `{spec.success_event}`"
+            "description": f"API call: `{spec.method} {spec.path}`{_query(spec.query)}. Success: "
+            f"`{spec.success_event}`"
             f"; failure: `{spec.failure_event}`.\n\n{COMMAND_PROPERTIES}",
             "contentType": JSON,
             "correlationId": _ref("components", "correlationIds", CORRELATION_ID),
@@ -163,7 +163,9 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             "bindings": {"amqp": _receive_binding()},
         }
         if spec.success_event is not None:
-            add_event(spec.success_event, f"{rk} succeeded: `result` is the API's inner object.")
+            shape = json_schemas.result_schema(spec)
+            outcome = "is the API's inner object." if shape is None else f": {shape['description']}"
+            add_event(spec.success_event, f"{rk} succeeded: `result` {outcome}")
         add_event(spec.failure_event, f"{rk} failed: `error` says why.")
     for event_type, description in JOB_EVENTS.items():
         add_event(event_type, description)
@@ -306,7 +308,7 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             "description": "The RabbitMQ interface of itwin-worker: producers publish commands "
             "to the command exchange, the worker calls the iTwin Platform API and publishes "
             "exactly one event per recorded outcome on the event exchange. The public contract "
-            "is `shared/design/contract.md`; the choices it leaves open are in the README. "
+            "is `shared/design/contract.md`; the choices it leaves open are in docs/semantics.md. "
             "Generated from the command catalogue and models by `itwin-worker schemas`: do "
             "not edit.\n\n" + COMMAND_PROPERTIES,
         },
@@ -358,17 +360,13 @@ def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
         add(name, schema)
         payloads[name] = _ref("components", "schemas", name)
 
-    unknown = copy.deepcopy(components[UNKNOWN_COMMAND_EVENT])
-    unknown["properties"]["type"] = {
-        "type": "string",
-        "pattern": SAFE_ROUTING_KEY.pattern.removesuffix("$") + r"\.failed$",
-        "description": "The event type: the unknown routing key + `.failed`.",
-    }
-    unknown["title"] = "<routing key>.failed"
-    unknown["description"] = "UnknownCommand for an unknown routing key of plain dotted words."
-    add(UNKNOWN_COMMAND_FAILED, unknown)
-    payloads[UNKNOWN_COMMAND_FAILED] = _ref("components", "schemas", UNKNOWN_COMMAND_FAILED)
+    # One schema for every UnknownCommand event, whichever of its two types it has.
+    payloads[UNKNOWN_COMMAND_FAILED] = payloads[UNKNOWN_COMMAND_EVENT]
     return components, payloads
+
+
+def _query(fields: tuple[str, ...]) -> str:
+    return f" (query: {', '.join(f'`{name}`' for name in fields)})" if fields else ""
 
 
 def _rewrite_refs(node: Any) -> Any:

@@ -218,11 +218,34 @@ async def _demo(base: Settings, args: argparse.Namespace) -> int:
             submit = json.dumps({"jobId": job_id}).encode()
             message_id = await producer.publish("job.submit", submit)
             last = await _until_settled(producer, "job.submit", message_id, _show)
-            print(f"\njob {job_id} ended with {last['type']}")
+            print(f"\njob {job_id} ended with {last['type']}\n")
+            print("Cleaning up: the application, the repository, the workspace\n")
+            cleanup = await _demo_cleanup(producer, events)
+            for event in cleanup:
+                _show(event)
     finally:
         await worker.stop()
         server.cancel()
-    return 0 if (successes, len(events), last["type"]) == (5, 6, "job.succeeded") else 1
+    cleaned = all("result" in event for event in cleanup)
+    expected = (5, 6, "job.succeeded", True)
+    return 0 if (successes, len(events), last["type"], cleaned) == expected else 1
+
+
+async def _demo_cleanup(producer: Producer, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Delete what the demo made (a submitted job cannot be deleted; its workspace can)."""
+
+    def made(index: int) -> str:
+        return str(events[index].get("result", {}).get("id", "missing"))
+
+    deletions = [
+        ("application.delete", {"applicationId": made(4)}),
+        ("repository.delete", {"iTwinId": DEMO_ITWIN, "repositoryId": made(3)}),
+        ("workspace.delete", {"workspaceId": made(0)}),
+    ]
+    return [
+        await producer.request(routing_key, json.dumps(document).encode())
+        for routing_key, document in deletions
+    ]
 
 
 async def _demo_commands(producer: Producer) -> list[dict[str, Any]]:
@@ -271,14 +294,20 @@ def _parser() -> argparse.ArgumentParser:
     simulator.add_arguments(
         commands.add_parser("simulator", help="run the offline iTwin API simulator")
     )
-    send = commands.add_parser("send", help="publish one command, optionally wait for its event")
-    send.add_argument("routing_key", help="e.g. workspace.create")
+    send = commands.add_parser(
+        "send",
+        help="publish one command, optionally wait for its event",
+        description="Publish one command. Routing keys: " + ", ".join(BY_ROUTING_KEY) + ".",
+    )
+    send.add_argument("routing_key", help="e.g. workspace.create (any key is sent as given)")
     send.add_argument("body", help="the command body, JSON text, sent as given")
     send.add_argument("--wait", action="store_true", help="wait for the event and print it")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
     send.add_argument("--message-id", help="command id (default: a new UUID)")
     send.add_argument("--correlation-id", help="correlation id (default: the command id)")
-    commands.add_parser("demo", help="simulator + worker + one command of each kind")
+    commands.add_parser(
+        "demo", help="simulator + worker + one command of each kind, then cleaning up"
+    )
     dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
     dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True)
     dlq_actions.add_parser("list", help="show each dead-lettered command and why")

@@ -13,20 +13,46 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
+import httpx
 from pydantic import ValidationError
 
-from service.errors import InvalidCommand
+from service.errors import IDEMPOTENT_METHODS, InvalidCommand
 from service.messages import (
+    ApplicationRef,
     Command,
     CreateApplication,
     CreateJob,
     CreateRepository,
     CreateWorkspace,
+    GetEngines,
     GetWorkspace,
     JobRef,
+    ListApplications,
+    ListRepositories,
+    RepositoryRef,
+    UpdateApplication,
+    UpdateJob,
+    UpdateRepository,
 )
 
-HttpMethod = Literal["GET", "POST", "PATCH", "DELETE"]
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+NEXT_PAGE_PARAMETER = "continuationToken"
+"""The query parameter of the API's next-page links, and the list commands' field for it."""
+
+ResultShape = Literal["object", "ids", "list", "page"]
+"""How a success event's `result` is made from the API's answer:
+
+- `object`: the answer's inner object (`{"workspace": {...}}` gives the workspace), unchanged;
+- `ids`: the ids the command named in the path (a DELETE answers 204 with no body);
+- `list`: `{result_key: [...]}`, the answer's list of objects, unchanged;
+- `page`: a list plus `continuationToken`, the next page's token from the answer's
+  `_links.next.href` (null on the last page).
+"""
+
+
+class UnexpectedAnswer(Exception):
+    """The API answered success with a body that is not the shape its page gives."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,16 @@ class ApiRequest:
     json: Mapping[str, Any] | None = None
     endpoint: str = ""
     """The path template, for metrics and logs: bounded cardinality, no ids."""
+    query: tuple[tuple[str, str], ...] = ()
+    """Query parameters, raw: the client percent-encodes them (never string-concatenated)."""
+    repeatable: bool | None = None
+    """Whether repeating the request after a lost answer is safe; None: as its method says."""
+
+    @property
+    def safe_to_repeat(self) -> bool:
+        if self.repeatable is not None:
+            return self.repeatable
+        return self.method in IDEMPOTENT_METHODS
 
 
 @dataclass(frozen=True)
@@ -50,13 +86,18 @@ class CommandSpec:
     path: str
     """Template whose `{placeholders}` are body fields (by their JSON names) moved to the path."""
     result_key: str
-    """The key of the API's inner object in its answer (`workspace`, `job`, ...)."""
+    """The key of the API's inner object or list in its answer (`workspace`, `job`, ...)."""
     success_event: str | None
     """None when success is announced by the job's own events instead (`job.follow`)."""
     fixed_body: Mapping[str, Any] | None = None
     """Fields the command implies, sent with the body (`{"state": "active"}` to submit)."""
     follows_job: bool = False
     """After success, follow the job until it ends (progress and terminal events)."""
+    query: tuple[str, ...] = ()
+    """Body fields (JSON names) sent as query parameters instead, when given."""
+    result: ResultShape = "object"
+    repeatable: bool | None = None
+    """Overrides the method's rule for repeating after a lost answer (see `ApiRequest`)."""
     path_fields: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,13 +119,63 @@ class CommandSpec:
             ) from None
 
     def request(self, command: Command) -> ApiRequest:
-        # Fields the producer left out, or sent as null, are not sent: the pages have no nulls.
+        # Fields the producer left out, or sent as null, are not sent (most pages have no
+        # nulls), but for those whose null the API acts on (a repository's `options`).
         data = command.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+        given = command.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        data |= {name: None for name in command.SENDS_NULL if name in given and given[name] is None}
         # Path values passed SafeId already; quoting them too keeps a future, looser id type
         # from ever adding a path segment.
         values = {name: quote(str(data.pop(name)), safe="") for name in self.path_fields}
-        body = {**data, **(self.fixed_body or {})} if self.method in {"POST", "PATCH"} else None
-        return ApiRequest(self.method, self.path.format(**values), body, self.path)
+        query = tuple((name, str(data.pop(name))) for name in self.query if name in data)
+        body = {**data, **(self.fixed_body or {})} if self.method in _METHODS_WITH_BODY else None
+        return ApiRequest(
+            self.method,
+            self.path.format(**values),
+            body,
+            self.path,
+            query=query,
+            repeatable=self.repeatable,
+        )
+
+    def result_of(self, command: Command, document: Mapping[str, Any]) -> dict[str, Any]:
+        """The success event's `result` from the API's answer; `UnexpectedAnswer` if the answer
+        is not its page's shape."""
+        if self.result == "ids":
+            named = command.model_dump(mode="json", by_alias=True)
+            return {name: named[name] for name in self.path_fields}
+        inner = document.get(self.result_key)
+        if self.result == "object":
+            if not isinstance(inner, dict):
+                raise UnexpectedAnswer(f"The API's answer has no '{self.result_key}' object.")
+            return inner
+        if not isinstance(inner, list) or not all(isinstance(item, dict) for item in inner):
+            raise UnexpectedAnswer(f"The API's answer has no '{self.result_key}' list.")
+        if self.result == "list":
+            return {self.result_key: inner}
+        return {self.result_key: inner, NEXT_PAGE_PARAMETER: next_token(document)}
+
+
+def next_token(document: Mapping[str, Any]) -> str | None:
+    """The continuation token of the answer's next-page link; None on the last page.
+
+    Only the token is taken: the worker never follows the link itself, so an answer cannot
+    point the worker's authenticated requests at another host or path.
+    """
+    links = document.get("_links")
+    following = links.get("next") if isinstance(links, dict) else None
+    if following is None:
+        return None
+    href = following.get("href") if isinstance(following, dict) else None
+    if not isinstance(href, str):
+        raise UnexpectedAnswer("The API's next-page link has no 'href'.")
+    try:
+        token: str | None = httpx.URL(href).params.get(NEXT_PAGE_PARAMETER)
+    except httpx.InvalidURL:
+        token = None
+    if not token:
+        raise UnexpectedAnswer(f"The API's next-page link carries no '{NEXT_PAGE_PARAMETER}'.")
+    return token
 
 
 _MISSING_TYPES = frozenset({"missing"})
@@ -111,6 +202,11 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 
 JOB_PATH = "/contextcapture/jobs/{jobId}"
 PROGRESS_PATH = "/contextcapture/jobs/{jobId}/progress"
+WORKSPACE_PATH = "/contextcapture/workspaces/{workspaceId}"
+REPOSITORIES_PATH = "/itwins/{iTwinId}/repositories"
+REPOSITORY_PATH = "/itwins/{iTwinId}/repositories/{repositoryId}"
+APPLICATIONS_PATH = "/library/applications"
+APPLICATION_PATH = "/library/applications/{applicationId}"
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -125,7 +221,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         routing_key="workspace.get",
         model=GetWorkspace,
         method="GET",
-        path="/contextcapture/workspaces/{workspaceId}",
+        path=WORKSPACE_PATH,
         result_key="workspace",
         success_event="workspace.retrieved",
     ),
@@ -141,7 +237,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         routing_key="repository.create",
         model=CreateRepository,
         method="POST",
-        path="/itwins/{iTwinId}/repositories",
+        path=REPOSITORIES_PATH,
         result_key="repository",
         success_event="repository.created",
     ),
@@ -149,7 +245,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         routing_key="application.create",
         model=CreateApplication,
         method="POST",
-        path="/library/applications",
+        path=APPLICATIONS_PATH,
         result_key="application",
         success_event="application.created",
     ),
@@ -189,6 +285,117 @@ COMMANDS: tuple[CommandSpec, ...] = (
         success_event=None,
         follows_job=True,
     ),
+    # The rest of each resource's lifecycle (contract.md). PATCH is not repeated after a lost
+    # answer in general: `job.submit` and `job.cancel` change a state, and their repeat would be
+    # refused (409) though the first one worked. These two PATCHes only set fields to given
+    # values, so a repeat leaves the object as one call would: safe, like a PUT.
+    CommandSpec(
+        routing_key="workspace.delete",
+        model=GetWorkspace,
+        method="DELETE",
+        path=WORKSPACE_PATH,
+        result_key="",
+        success_event="workspace.deleted",
+        result="ids",
+    ),
+    CommandSpec(
+        routing_key="job.update",
+        model=UpdateJob,
+        method="PATCH",
+        path=JOB_PATH,
+        result_key="job",
+        success_event="job.updated",
+        repeatable=True,
+    ),
+    CommandSpec(
+        routing_key="job.delete",
+        model=JobRef,
+        method="DELETE",
+        path=JOB_PATH,
+        result_key="",
+        success_event="job.deleted",
+        result="ids",
+    ),
+    CommandSpec(
+        routing_key="engines.get",
+        model=GetEngines,
+        method="GET",
+        path="/contextcapture/limits/engines",
+        result_key="enginesLimit",
+        success_event="engines.retrieved",
+        query=("iTwinId",),
+    ),
+    CommandSpec(
+        routing_key="repository.list",
+        model=ListRepositories,
+        method="GET",
+        path=REPOSITORIES_PATH,
+        result_key="repositories",
+        success_event="repository.listed",
+        query=("class", "subClass"),
+        result="list",
+    ),
+    CommandSpec(
+        routing_key="repository.get",
+        model=RepositoryRef,
+        method="GET",
+        path=REPOSITORY_PATH,
+        result_key="repository",
+        success_event="repository.retrieved",
+    ),
+    CommandSpec(
+        routing_key="repository.update",
+        model=UpdateRepository,
+        method="PATCH",
+        path=REPOSITORY_PATH,
+        result_key="repository",
+        success_event="repository.updated",
+        repeatable=True,
+    ),
+    CommandSpec(
+        routing_key="repository.delete",
+        model=RepositoryRef,
+        method="DELETE",
+        path=REPOSITORY_PATH,
+        result_key="",
+        success_event="repository.deleted",
+        result="ids",
+    ),
+    CommandSpec(
+        routing_key="application.list",
+        model=ListApplications,
+        method="GET",
+        path=APPLICATIONS_PATH,
+        result_key="applications",
+        success_event="application.listed",
+        query=(NEXT_PAGE_PARAMETER,),
+        result="page",
+    ),
+    CommandSpec(
+        routing_key="application.get",
+        model=ApplicationRef,
+        method="GET",
+        path=APPLICATION_PATH,
+        result_key="application",
+        success_event="application.retrieved",
+    ),
+    CommandSpec(
+        routing_key="application.update",
+        model=UpdateApplication,
+        method="PUT",
+        path=APPLICATION_PATH,
+        result_key="application",
+        success_event="application.updated",
+    ),
+    CommandSpec(
+        routing_key="application.delete",
+        model=ApplicationRef,
+        method="DELETE",
+        path=APPLICATION_PATH,
+        result_key="",
+        success_event="application.deleted",
+        result="ids",
+    ),
 )
 
 BY_ROUTING_KEY: Mapping[str, CommandSpec] = {spec.routing_key: spec for spec in COMMANDS}
@@ -203,6 +410,7 @@ def failure_event_type(spec: CommandSpec | None, routing_key: str) -> str:
     """`<routing key>.failed`; an unknown key gets it only when it is plain dotted words."""
     if spec is not None:
         return spec.failure_event
-    if SAFE_ROUTING_KEY.match(routing_key):
+    # fullmatch: `$` would also match before a final line break.
+    if SAFE_ROUTING_KEY.fullmatch(routing_key):
         return f"{routing_key}.failed"
     return UNKNOWN_COMMAND_EVENT

@@ -191,8 +191,12 @@ def classify_failure(
     *,
     now: datetime,
     default_retry_after: float,
+    repeatable: bool | None = None,
 ) -> WorkerError:
-    """Turn an unsuccessful HTTP answer into the error the pipeline acts on."""
+    """Turn an unsuccessful HTTP answer into the error the pipeline acts on.
+
+    `repeatable`: whether this request is safe to repeat after a 500; None: as `method` says.
+    """
     error = error_object(body)
     code = error["code"] if error else f"Http{status}"
     message = str(error.get("message", "")) if error else f"The API answered HTTP {status}."
@@ -201,9 +205,9 @@ def classify_failure(
         return RateLimited(f"{code}: {message}", retry_after=wait)
     if status == 401:
         return TokenRejected(message, status=status, code=code)
-    transient = status in NOT_PROCESSED_STATUSES or (
-        status >= 500 and method.upper() in IDEMPOTENT_METHODS
-    )
+    if repeatable is None:
+        repeatable = method.upper() in IDEMPOTENT_METHODS
+    transient = status in NOT_PROCESSED_STATUSES or (status >= 500 and repeatable)
     if transient:
         return TransientError(message, status=status, code=code)
     target = error.get("target") if error else None

@@ -8,18 +8,27 @@ per request against 1.09 on httpx's own transport (`./dev bench http_clients`).
 TLS is always verified. Trusted: the system's CA store (which `SSL_CERT_FILE` / `SSL_CERT_DIR`
 replace, as OpenSSL reads them), certifi's bundle when the system has none, and `CA_BUNDLE` on
 top (a private CA, e.g. of a TLS-intercepting egress proxy). Nothing turns verification off.
+
+Every request is sent once. aiohttp on its own repeats a GET, PUT or DELETE whose connection
+closed before the answer (RFC 9112 §9.3.1 allows it), silently: that repeat would skip the rate
+limiter, be missing from the event's `attempts`, and hide from the API client that an answer was
+lost (a DELETE repeated after its lost answer meets 404 because it worked). A client middleware,
+aiohttp's hook that runs for each attempt, refuses the second; the API client's own retry loop
+then decides, as for any lost answer.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import ssl
+import typing
 from pathlib import Path
 
 import aiohttp
 import certifi
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
+from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 from service.settings import SettingsError
 
@@ -46,6 +55,85 @@ def tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
     return context
 
 
+_SENT: contextvars.ContextVar[bool] = contextvars.ContextVar("itwin_worker_sent", default=False)
+"""Whether the request being handled in this task has gone out once already."""
+
+
+async def _send_once(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    if _SENT.get():
+        raise aiohttp.ServerDisconnectedError(
+            "the connection closed before the answer; not repeated here, the caller decides"
+        )
+    _SENT.set(True)
+    return await handler(request)
+
+
+class SendOnceTransport(AiohttpTransport):
+    """httpx-aiohttp's transport on a session that never repeats a request by itself."""
+
+    def get_client(self) -> aiohttp.ClientSession:
+        if self.client is not None:
+            return super().get_client()
+        limit = self.limits.max_connections
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=limit if limit is not None else 0,  # aiohttp's 0 is httpx's None: no limit
+        )
+        return aiohttp.ClientSession(connector=connector, middlewares=(_send_once,))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # A fresh mark per request: each runs its aiohttp attempts in the context set here.
+        mark = _SENT.set(False)
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            _SENT.reset(mark)
+
+
+_DEFAULT_LIMITS = httpx.Limits()
+
+
+class _Client(HttpxAiohttpClient):
+    """httpx's client, its direct and proxied transports all `SendOnceTransport`s.
+
+    httpx builds them through these two hooks (httpx-aiohttp overrides the same two); the
+    arguments are httpx's, proxies included, as it read them from the environment.
+    """
+
+    def _init_transport(  # noqa: PLR0917 - httpx's signature
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: typing.Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = _DEFAULT_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **kwargs: typing.Any,
+    ) -> httpx.AsyncBaseTransport:
+        if transport is not None:
+            return transport
+        return SendOnceTransport(verify=verify, cert=cert, trust_env=trust_env, limits=limits)
+
+    def _init_proxy_transport(  # noqa: PLR0917 - httpx's signature
+        self,
+        proxy: httpx.Proxy,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: typing.Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = _DEFAULT_LIMITS,
+        **kwargs: typing.Any,
+    ) -> httpx.AsyncBaseTransport:
+        return SendOnceTransport(
+            verify=verify, cert=cert, trust_env=trust_env, limits=limits, proxy=proxy
+        )
+
+
 def http_client(
     *,
     timeout: httpx.Timeout,
@@ -54,7 +142,7 @@ def http_client(
     proxies_from_environment: bool = True,
 ) -> httpx.AsyncClient:
     """The client every API and token call goes through."""
-    return HttpxAiohttpClient(
+    return _Client(
         verify=tls_context(ca_bundle),
         trust_env=proxies_from_environment,
         timeout=timeout,

@@ -8,17 +8,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.commands import COMMANDS, UNKNOWN_COMMAND_EVENT
+from service.commands import (
+    COMMANDS,
+    NEXT_PAGE_PARAMETER,
+    SAFE_ROUTING_KEY,
+    UNKNOWN_COMMAND_EVENT,
+    CommandSpec,
+)
 from service.events import BaseEvent, FailureEvent, SuccessEvent
 from service.jobs import JOB_EVENTS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+UNKNOWN_COMMAND_TYPE_PATTERN = SAFE_ROUTING_KEY.pattern.removesuffix("$") + r"\.failed$"
+"""Every UnknownCommand event's type: `command.failed` or `<routing key>.failed`."""
 
 
-def _event_schema(model: type[BaseEvent], event_type: str, description: str) -> dict[str, Any]:
+def _event_schema(
+    model: type[BaseEvent],
+    event_type: str,
+    description: str,
+    result: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     schema = model.model_json_schema(by_alias=True, mode="serialization")
     schema["properties"]["type"] = {"const": event_type, "description": "The event type."}
+    if result is not None:
+        schema["properties"]["result"] = result
     return {"$schema": DIALECT, **schema, "title": event_type, "description": description}
+
+
+def result_schema(spec: CommandSpec) -> dict[str, Any] | None:
+    """The success event's `result` when it is not the API's inner object (see `ResultShape`)."""
+    if spec.result == "object":
+        return None
+    if spec.result == "ids":
+        names: tuple[str, ...] = spec.path_fields
+        description = "The ids the command named: what no longer exists."
+        properties: dict[str, Any] = {name: {"type": "string"} for name in names}
+    else:
+        names = (spec.result_key,)
+        description = f"The API's `{spec.result_key}`, unchanged."
+        properties = {spec.result_key: {"type": "array", "items": {"type": "object"}}}
+        if spec.result == "page":
+            names += (NEXT_PAGE_PARAMETER,)
+            description = (
+                f"One page of the API's `{spec.result_key}`, unchanged, and the token to send "
+                "for the next page (null on the last)."
+            )
+            properties[NEXT_PAGE_PARAMETER] = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(names),
+        "additionalProperties": False,
+        "description": description,
+    }
 
 
 def schemas() -> dict[str, dict[str, Any]]:
@@ -34,7 +77,10 @@ def schemas() -> dict[str, dict[str, Any]]:
         }
         if spec.success_event is not None:
             documents[f"events/{spec.success_event}.json"] = _event_schema(
-                SuccessEvent, spec.success_event, f"{spec.routing_key} succeeded."
+                SuccessEvent,
+                spec.success_event,
+                f"{spec.routing_key} succeeded.",
+                result_schema(spec),
             )
         documents[f"events/{spec.failure_event}.json"] = _event_schema(
             FailureEvent, spec.failure_event, f"{spec.routing_key} failed."
@@ -43,10 +89,17 @@ def schemas() -> dict[str, dict[str, Any]]:
         documents[f"events/{event_type}.json"] = _event_schema(
             SuccessEvent, event_type, description
         )
-    documents[f"events/{UNKNOWN_COMMAND_EVENT}.json"] = _event_schema(
+    unknown = _event_schema(
         FailureEvent,
         UNKNOWN_COMMAND_EVENT,
-        "UnknownCommand for a routing key that is not a plain dotted word sequence; other "
-        "unknown routing keys get `<routing key>.failed` with the same shape.",
+        "UnknownCommand: `<routing key>.failed` for an unknown routing key of at most 8 "
+        "dot-separated words of `[A-Za-z0-9_-]` (at most 64 each), `command.failed` for any "
+        "other.",
     )
+    unknown["properties"]["type"] = {
+        "type": "string",
+        "pattern": UNKNOWN_COMMAND_TYPE_PATTERN,
+        "description": "`command.failed`, or the unknown routing key + `.failed`.",
+    }
+    documents[f"events/{UNKNOWN_COMMAND_EVENT}.json"] = unknown
     return documents

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from service.api import ApiResponse
-from service.commands import ApiRequest, CommandSpec, failure_event_type
+from service.commands import ApiRequest, CommandSpec, UnexpectedAnswer, failure_event_type
 from service.delivery import Delivery
 from service.errors import (
     ApiError,
@@ -235,7 +235,7 @@ class Pipeline:
         assert spec is not None  # a prepared command has a spec
         try:
             response = await self._api.send(request)
-            result = _inner_object(response, spec)
+            result = _result(response, spec, command)
         except WorkerError as error:
             return self._failed(spec, delivery, error)
         if spec.success_event is None:
@@ -363,15 +363,12 @@ def _check_content_type(content_type: str | None) -> None:
         )
 
 
-def _inner_object(response: ApiResponse, spec: CommandSpec) -> dict[str, Any]:
-    inner = response.document.get(spec.result_key)
-    if not isinstance(inner, dict):
+def _result(response: ApiResponse, spec: CommandSpec, command: Command) -> dict[str, Any]:
+    try:
+        return spec.result_of(command, response.document)
+    except UnexpectedAnswer as exc:
         error = ApiError(
-            f"The API's answer has no '{spec.result_key}' object.",
-            status=response.status,
-            code="UnexpectedResponse",
-            dead_letter=True,
+            str(exc), status=response.status, code="UnexpectedResponse", dead_letter=True
         )
         error.attempts = response.attempts
-        raise error
-    return inner
+        raise error from None

@@ -2,11 +2,12 @@
 
 It serves the five endpoints of the API reference pages (create and get workspace, create
 job, create repository, create application), the job lifecycle beyond them (get, submit,
-cancel, progress of a job, run in simulated time), the OAuth2 token endpoint (signed JWT access
-tokens) and OpenID Connect discovery with its JWKS on one port, answering with the pages' paths,
-headers, bodies and error objects, and lets tests inject rate limiting, latency, hangs, server
-errors and job failures at runtime through `/_simulator/*`. `README.md` beside this file tells
-how to point a client at it.
+cancel, progress of a job, run in simulated time), the rest of each resource's lifecycle
+(delete, update, get and list: shared/design/api-beyond.md), the OAuth2 token endpoint (signed
+JWT access tokens) and OpenID Connect discovery with its JWKS on one port, answering with the
+pages' paths, headers, bodies and error objects, and lets tests inject rate limiting, latency,
+hangs, server errors, lost answers and job failures at runtime through `/_simulator/*`.
+`README.md` beside this file tells how to point a client at it.
 """
 
 from .app import build_app

@@ -42,6 +42,12 @@ class StormRequest(BaseModel):
     retry_after: PositiveInt | None = None
 
 
+class DropRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    count: PositiveInt
+
+
 class OutcomeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +100,16 @@ async def _storm(state: SimulatorState, request: Request) -> Response:
     return JSONResponse({"storm": entry.to_json()})
 
 
+async def _drop_next(state: SimulatorState, request: Request) -> Response:
+    """Drop the answers of the next `count` API calls the endpoints process (then as before)."""
+    try:
+        drop = DropRequest.model_validate(await _INVALID.json_object(request))
+    except ValidationError as error:
+        raise _validation_error(error) from None
+    state.drops_pending = drop.count
+    return JSONResponse({"dropsPending": state.drops_pending})
+
+
 async def _job_outcome(state: SimulatorState, request: Request) -> Response:
     """Decide how one job ends, whatever the config says, as long as it is not over yet."""
     try:
@@ -134,6 +150,7 @@ def admin_routes(state: SimulatorState) -> list[Route]:
         ("/config", "GET", _config),
         ("/config", "PATCH", _patch_config),
         ("/storm", "POST", _storm),
+        ("/drop-next", "POST", _drop_next),
         ("/jobs/{job_id}/outcome", "POST", _job_outcome),
         ("/expire-tokens", "POST", _expire_tokens),
         ("/reset", "POST", _reset),

@@ -4,6 +4,7 @@ the admin endpoints."""
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -56,6 +57,58 @@ API_ROUTES: tuple[tuple[str, str, Handler, ErrorBody], ...] = (
     ),
     ("POST", "/itwins/{itwin_id}/repositories", itwins.create_repository, TOO_MANY_REQUESTS),
     ("POST", "/library/applications", library.create_application, TOO_MANY_REQUESTS),
+    # The rest of each resource's lifecycle (shared/design/api-beyond.md).
+    (
+        "DELETE",
+        "/contextcapture/workspaces/{workspace_id}",
+        contextcapture.delete_workspace,
+        TOO_MANY_REQUESTS,
+    ),
+    ("DELETE", "/contextcapture/jobs/{job_id}", contextcapture.delete_job, TOO_MANY_REQUESTS),
+    (
+        "GET",
+        "/contextcapture/limits/engines",
+        contextcapture.get_engine_limit,
+        RATE_LIMIT_EXCEEDED,
+    ),
+    ("GET", "/itwins/{itwin_id}/repositories", itwins.list_repositories, RATE_LIMIT_EXCEEDED),
+    (
+        "GET",
+        "/itwins/{itwin_id}/repositories/{repository_id}",
+        itwins.get_repository,
+        RATE_LIMIT_EXCEEDED,
+    ),
+    (
+        "PATCH",
+        "/itwins/{itwin_id}/repositories/{repository_id}",
+        itwins.update_repository,
+        TOO_MANY_REQUESTS,
+    ),
+    (
+        "DELETE",
+        "/itwins/{itwin_id}/repositories/{repository_id}",
+        itwins.delete_repository,
+        TOO_MANY_REQUESTS,
+    ),
+    ("GET", "/library/applications", library.list_applications, RATE_LIMIT_EXCEEDED),
+    (
+        "GET",
+        "/library/applications/{application_id}",
+        library.get_application,
+        RATE_LIMIT_EXCEEDED,
+    ),
+    (
+        "PUT",
+        "/library/applications/{application_id}",
+        library.update_application,
+        TOO_MANY_REQUESTS,
+    ),
+    (
+        "DELETE",
+        "/library/applications/{application_id}",
+        library.delete_application,
+        TOO_MANY_REQUESTS,
+    ),
 )
 
 _ROUTING_ERRORS = {404: RESOURCE_NOT_FOUND, 405: METHOD_NOT_ALLOWED}
@@ -76,29 +129,41 @@ def _kind(path: str) -> RequestKind:
     return "oidc" if path in OIDC_PATHS else "api"
 
 
+DROPPED = "the simulator dropped this answer (drop fault): connection closed"
+"""What the application hands uvicorn instead of an answer. uvicorn (both its HTTP
+implementations) closes the connection, writing nothing, when an ASGI application returns a
+value: the one way ASGI has to end a connection without a byte of answer. uvicorn logs it."""
+
+
 class RequestRecorder:
     """Logs every API, token and OIDC request at arrival and its status once it is answered.
 
-    It wraps the whole application, so even unknown paths and unhandled errors are logged.
+    It wraps the whole application, so even unknown paths and unhandled errors are logged. A
+    request the application did not answer (Starlette answers everything else, errors included)
+    had its answer dropped: its status stays null and the connection is closed.
     """
 
     def __init__(self, app: ASGIApp, state: SimulatorState) -> None:
         self._app = app
         self._state = state
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         path: str = scope.get("path", "")
         if scope["type"] != "http" or path.startswith(ADMIN_PREFIX):
             await self._app(scope, receive, send)
-            return
+            return None
         entry = self._state.log.record(scope["method"], path, _kind(path))
+        answered = False
 
         async def send_recording(message: Message) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start":
+                answered = True
                 entry.status = message["status"]
             await send(message)
 
         await self._app(scope, receive, send_recording)
+        return None if answered else DROPPED
 
 
 def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:

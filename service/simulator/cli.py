@@ -36,12 +36,18 @@ _FLAGS = (
     _Flag("--error-rate", "error_rate", float, "fraction of API calls answered 500/503"),
     _Flag("--hang-rate", "hang_rate", float, "fraction of API calls that hang"),
     _Flag("--hang-seconds", "hang_seconds", float, "how long a hung call hangs"),
+    _Flag(
+        "--drop-after-rate",
+        "drop_after_rate",
+        float,
+        "fraction of API calls that take effect, then lose their answer (connection closed)",
+    ),
     _Flag("--engine-limit", "engine_limit", int, "largest settings.processingEngines of a job"),
     _Flag("--job-duration", "job_duration_seconds", float, "simulated seconds a job runs"),
     _Flag("--time-scale", "time_scale", float, "real seconds per simulated job second"),
     _Flag("--job-outcome", "job_outcome", str, "how submitted jobs end: success or failed"),
     _Flag("--token-endpoint-down", "token_endpoint_down", None, "token endpoint answers 503"),
-    _Flag("--library-forbidden", "library_forbidden", None, "POST /library/applications: 403"),
+    _Flag("--library-forbidden", "library_forbidden", None, "Library writes: 403"),
 )
 
 

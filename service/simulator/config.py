@@ -53,6 +53,9 @@ class SimulatorConfig(BaseModel):
     """Which injected errors `error_rate` picks from (at random)."""
     hang_rate: Fraction = 0.0
     hang_seconds: NonNegativeFloat = 3600.0
+    drop_after_rate: Fraction = 0.0
+    """Fraction of API calls that take effect and then lose their answer: the connection is
+    closed without a byte of it."""
     token_endpoint_down: bool = False
     engine_limit: NonNegativeInt = 20
     library_forbidden: bool = False

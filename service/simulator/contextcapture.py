@@ -1,5 +1,5 @@
-"""ContextCapture (Reality Modeling): create and get workspaces; create, get, submit, cancel and
-follow jobs.
+"""ContextCapture (Reality Modeling): create, get and delete workspaces; create, get, submit,
+cancel, update, delete and follow jobs; the engine limit.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import ApiError, ErrorBody, detail
+from .itwins import FORBIDDEN_ITWIN_ID, ITWIN_NOT_FOUND, KNOWN_ITWIN_IDS
 from .lifecycle import Instant
 from .models import Job, Workspace, iso, new_id, timestamp
 from .state import SimulatorState
@@ -78,6 +79,11 @@ _CANNOT_UPDATE_JOB = Unprocessable(
     ErrorBody("InvalidContextCaptureRequest", "Cannot update job."), "InvalidParameter"
 )
 _NO_CLUSTER = detail("InvalidParameter", "No processing cluster in project location.")
+_CANNOT_DELETE_JOB = ErrorBody("InvalidContextCaptureRequest", "Cannot delete job.")
+_ALREADY_SUBMITTED = detail("InvalidChange", "Cannot delete an already submitted job.")
+# Inferred: no page shows the answer to new settings for a job already submitted.
+_SETTINGS_FROZEN = detail("InvalidChange", "Cannot change an already submitted job.")
+_CHANGES = ("settings", "costEstimationParameters")
 
 _WORKSPACE_SCHEMA = Object(
     Field("name", Value(non_empty_text)),
@@ -86,8 +92,33 @@ _WORKSPACE_SCHEMA = Object(
 
 
 @cache
+def _settings_schema(engine_limit: int) -> Object:
+    """A job's settings; the engine limit is a live knob, hence one schema per value."""
+    return Object(
+        Field("quality", Value(one_of(QUALITIES)), required=False),
+        Field("processingEngines", Value(integer_between(0, engine_limit)), required=False),
+        Field("outputs", ListOf(Value(one_of(OUTPUT_FORMATS))), required=False),
+        Field(
+            "cacheSettings",
+            Object(
+                Field("createCache", Value(boolean), required=False),
+                Field("useCache", Value(text), required=False),
+            ),
+            required=False,
+        ),
+    )
+
+
+_COST_SCHEMA = Object(
+    Field("gigaPixels", Value(non_negative_number), required=False),
+    Field("megaPoints", Value(non_negative_number), required=False),
+    Field("meshQuality", Value(one_of(QUALITIES)), required=False),
+)
+
+
+@cache
 def _job_schema(engine_limit: int) -> Object:
-    """The job body's rules; the engine limit is a live knob, hence one schema per value."""
+    """The job body's rules."""
     return Object(
         Field("type", Value(one_of(JOB_TYPES))),
         Field("name", Value(non_empty_text)),
@@ -102,31 +133,17 @@ def _job_schema(engine_limit: int) -> Object:
                 min_items=1,
             ),
         ),
-        Field(
-            "settings",
-            Object(
-                Field("quality", Value(one_of(QUALITIES)), required=False),
-                Field("processingEngines", Value(integer_between(0, engine_limit)), required=False),
-                Field("outputs", ListOf(Value(one_of(OUTPUT_FORMATS))), required=False),
-                Field(
-                    "cacheSettings",
-                    Object(
-                        Field("createCache", Value(boolean), required=False),
-                        Field("useCache", Value(text), required=False),
-                    ),
-                    required=False,
-                ),
-            ),
-        ),
-        Field(
-            "costEstimationParameters",
-            Object(
-                Field("gigaPixels", Value(non_negative_number), required=False),
-                Field("megaPoints", Value(non_negative_number), required=False),
-                Field("meshQuality", Value(one_of(QUALITIES)), required=False),
-            ),
-            required=False,
-        ),
+        Field("settings", _settings_schema(engine_limit)),
+        Field("costEstimationParameters", _COST_SCHEMA, required=False),
+    )
+
+
+@cache
+def _update_schema(engine_limit: int) -> Object:
+    """New settings and cost estimation parameters of a job, each optional."""
+    return Object(
+        Field("settings", _settings_schema(engine_limit), required=False),
+        Field("costEstimationParameters", _COST_SCHEMA, required=False),
     )
 
 
@@ -137,6 +154,15 @@ def _invalid_parameters(paths: list[str]) -> list[dict[str, str]]:
 def _given(source: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The named fields that were given (not absent, not null), dropping anything else."""
     return {key: source[key] for key in keys if source.get(key) is not None}
+
+
+def _outputs(formats: Any) -> list[dict[str, str]]:
+    """The answer's outputs: each asked-for format with an id of its own."""
+    return [{"format": fmt, "id": new_id()} for fmt in formats]
+
+
+def _cost_parameters(given: dict[str, Any]) -> dict[str, Any]:
+    return _given(given, ("gigaPixels", "megaPoints", "meshQuality"))
 
 
 def estimated_cost(parameters: dict[str, Any]) -> float:
@@ -180,7 +206,7 @@ async def create_job(state: SimulatorState, request: Request, client_id: str) ->
     settings = body["settings"]
     job_settings: dict[str, Any] = {
         "quality": settings.get("quality") or DEFAULT_QUALITY,
-        "outputs": [{"format": fmt, "id": new_id()} for fmt in settings.get("outputs") or ()],
+        "outputs": _outputs(settings.get("outputs") or ()),
         "processingEngines": settings.get("processingEngines") or DEFAULT_PROCESSING_ENGINES,
     }
     if settings.get("cacheSettings") is not None:
@@ -189,9 +215,7 @@ async def create_job(state: SimulatorState, request: Request, client_id: str) ->
         )
     cost_parameters = None
     if body.get("costEstimationParameters") is not None:
-        cost_parameters = _given(
-            body["costEstimationParameters"], ("gigaPixels", "megaPoints", "meshQuality")
-        )
+        cost_parameters = _cost_parameters(body["costEstimationParameters"])
     now = timestamp()
     job = Job(
         id=new_id(),
@@ -229,16 +253,22 @@ async def get_job_progress(state: SimulatorState, request: Request, client_id: s
 
 
 async def update_job(state: SimulatorState, request: Request, client_id: str) -> Response:
-    """Submit (`"state": "active"`) or cancel (`"state": "cancelled"`) a job.
+    """Submit (`"state": "active"`) or cancel (`"state": "cancelled"`) a job, or give it new
+    `settings` and/or `costEstimationParameters` (a state goes alone).
 
     The state is matched case-insensitively: the page's example writes `Active`, Bentley's SDKs
     send lower case. The body is checked before the job is looked up, as for job creation.
     """
     body = await _CANNOT_UPDATE_JOB.json_object(request)
+    changes = [name for name in _CHANGES if body.get(name) is not None]
+    if body.get("state") is None and changes:
+        return await _change_job(state, request, body)
     requested = body.get("state")
     target = requested.lower() if isinstance(requested, str) else None
-    if target not in ("active", "cancelled"):
-        raise _CANNOT_UPDATE_JOB.error(_invalid_parameters(["state"]))
+    bad = [] if target in ("active", "cancelled") else ["state"]
+    if bad or changes:
+        # A state change goes alone (inferred: the page shows one kind of change per call).
+        raise _CANNOT_UPDATE_JOB.error(_invalid_parameters(bad + changes))
     job = find_job(state, request.path_params["job_id"])
     at = Instant.now()
     if target == "active":
@@ -247,6 +277,59 @@ async def update_job(state: SimulatorState, request: Request, client_id: str) ->
         _cancel(job, at)
     job.last_modified = iso(at.wall)
     return JSONResponse({"job": job.to_json(at.clock)})
+
+
+async def _change_job(state: SimulatorState, request: Request, body: dict[str, Any]) -> Response:
+    """New settings or cost estimation parameters: only for a job not yet submitted (inferred).
+
+    Given settings fields replace the job's (outputs get new ids); cost estimation parameters
+    are replaced whole and the estimated cost worked out again.
+    """
+    bad = _update_schema(state.config.engine_limit).errors(body)
+    if bad:
+        raise _CANNOT_UPDATE_JOB.error(_invalid_parameters(bad))
+    job = find_job(state, request.path_params["job_id"])
+    at = Instant.now()
+    if job.lifecycle.state(at.clock) != "unsubmitted":
+        raise _CANNOT_UPDATE_JOB.error([_SETTINGS_FROZEN])
+    settings = body.get("settings")
+    if settings is not None:
+        changes = _given(settings, ("quality", "processingEngines"))
+        if settings.get("outputs") is not None:
+            changes["outputs"] = _outputs(settings["outputs"])
+        if settings.get("cacheSettings") is not None:
+            changes["cacheSettings"] = _given(
+                settings["cacheSettings"], ("createCache", "useCache")
+            )
+        job.job_settings = {**job.job_settings, **changes}
+    if body.get("costEstimationParameters") is not None:
+        job.cost_parameters = _cost_parameters(body["costEstimationParameters"])
+        job.estimated_cost = estimated_cost(job.cost_parameters)
+    job.last_modified = iso(at.wall)
+    return JSONResponse({"job": job.to_json(at.clock)})
+
+
+async def delete_job(state: SimulatorState, request: Request, client_id: str) -> Response:
+    """Only a job never submitted can be deleted (the page's 422 otherwise)."""
+    job = find_job(state, request.path_params["job_id"])
+    if job.lifecycle.submitted is not None or job.lifecycle.cancelled is not None:
+        raise ApiError(422, _CANNOT_DELETE_JOB, [_ALREADY_SUBMITTED])
+    del state.jobs[job.id]
+    return Response(status_code=204)
+
+
+async def delete_workspace(state: SimulatorState, request: Request, client_id: str) -> Response:
+    if state.workspaces.pop(request.path_params["workspace_id"], None) is None:
+        raise ApiError(404, WORKSPACE_NOT_FOUND)
+    return Response(status_code=204)
+
+
+async def get_engine_limit(state: SimulatorState, request: Request, client_id: str) -> Response:
+    """The client's engine limit (the `engine_limit` knob), also per iTwin."""
+    itwin_id = request.query_params.get("iTwinId")
+    if itwin_id is not None and itwin_id not in KNOWN_ITWIN_IDS | {FORBIDDEN_ITWIN_ID}:
+        raise ApiError(404, ITWIN_NOT_FOUND)
+    return JSONResponse({"enginesLimit": {"maxEngines": state.config.engine_limit}})
 
 
 def _submit(state: SimulatorState, job: Job, at: Instant) -> None:

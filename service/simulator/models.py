@@ -119,9 +119,22 @@ class Repository:
     class_: str
     sub_class: str
     uri: str
+    display_name: str | None = None
+    """Set by PATCH only: the creation page has no displayName."""
+    authentication: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "class": self.class_, "subClass": self.sub_class, "uri": self.uri}
+        # The get-repository page shows `authentication` as stored, secret value included.
+        data: dict[str, Any] = {"id": self.id, "class": self.class_, "subClass": self.sub_class}
+        if self.display_name is not None:
+            data["displayName"] = self.display_name
+        data["uri"] = self.uri
+        if self.authentication is not None:
+            data["authentication"] = self.authentication
+        if self.options is not None:
+            data["options"] = self.options
+        return data
 
 
 @dataclass(slots=True)
@@ -131,6 +144,8 @@ class Application:
     version: str
     created: str
     last_modified: str
+    sequence: int = 0
+    """Its place in creation order: what a continuation token points after."""
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,8 @@
    both under 401. Any Accept value is served, as the real API serves it: the pages only
    recommend the vnd media type. A request with no Accept header at all is refused, since the
    pages mark the header required.
+4. The endpoint; then, for a request it processed (whatever it answered), the drop fault: the
+   effect stays, the answer is never sent and the connection is closed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from .errors import (
     HEADER_ACCEPT_NOT_FOUND,
@@ -43,6 +46,16 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 _INJECTED_ERRORS = {500: INTERNAL_SERVER_ERROR, 503: SERVICE_UNAVAILABLE}
 
 
+class DroppedAnswer(Response):
+    """No answer at all: sends nothing, so the request recorder has the connection closed."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=500)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
 def api_endpoint(state: SimulatorState, handler: Handler, throttled: ErrorBody) -> Endpoint:
     """Wrap `handler` in the common pipeline; `throttled` is its page's 429 wording."""
 
@@ -52,9 +65,15 @@ def api_endpoint(state: SimulatorState, handler: Handler, throttled: ErrorBody) 
             await _inject_faults(state, request)
             client_id = _authenticate(state, request)
             _check_accept(request)
-            return await handler(state, request, client_id)
         except ApiError as error:
             return error.response()
+        try:
+            response = await handler(state, request, client_id)
+        except ApiError as error:
+            response = error.response()
+        if state.drop_answer(random.random()):
+            return DroppedAnswer()
+        return response
 
     return endpoint
 

@@ -163,6 +163,10 @@ class SimulatorHandle:
     def storm(self, seconds: float, retry_after: int | None = None) -> None:
         self._call("POST", "/storm", json={"seconds": seconds, "retry_after": retry_after})
 
+    def drop_next(self, count: int = 1) -> None:
+        """The next `count` API calls take effect, then lose their answer (connection closed)."""
+        self._call("POST", "/drop-next", json={"count": count})
+
     def set_job_outcome(self, job_id: str, outcome: JobOutcome) -> None:
         """Make one job end `failed` or `success` regardless of the config (before it ends)."""
         self._call("POST", f"/jobs/{job_id}/outcome", json={"outcome": outcome})

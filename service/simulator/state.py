@@ -58,10 +58,18 @@ class SimulatorState:
         self.storm: Storm | None = None
         self.workspaces: dict[str, Workspace] = {}
         self.jobs: dict[str, Job] = {}
-        self.repositories: dict[tuple[str, str], Repository] = {}
-        """Keyed by (iTwin id, uri): the pair the API keeps unique."""
-        self.applications: dict[tuple[str, str], Application] = {}
-        """Keyed by (displayName, version): the pair the API keeps unique."""
+        self.repositories: dict[str, Repository] = {}
+        """By id, in the order they were added."""
+        self.repository_uris: dict[tuple[str, str], str] = {}
+        """(iTwin id, uri) -> repository id: the pair the API keeps unique."""
+        self.applications: dict[str, Application] = {}
+        """By id, in the order they were created (the order of the list's pages)."""
+        self.application_names: dict[tuple[str, str], str] = {}
+        """(displayName, version) -> application id: the pair the API keeps unique."""
+        self.applications_created = 0
+        """Never goes down, so each application's place in the pages is its own."""
+        self.drops_pending = 0
+        """Answers still to drop, whatever `drop_after_rate` says (`/_simulator/drop-next`)."""
 
     @staticmethod
     def _limiter(config: SimulatorConfig) -> ClientLimiter | None:
@@ -78,7 +86,11 @@ class SimulatorState:
         self.workspaces.clear()
         self.jobs.clear()
         self.repositories.clear()
+        self.repository_uris.clear()
         self.applications.clear()
+        self.application_names.clear()
+        self.applications_created = 0
+        self.drops_pending = 0
 
     def set_config(self, config: SimulatorConfig) -> None:
         old = self.config
@@ -89,6 +101,13 @@ class SimulatorState:
         ):
             self.limiter = self._limiter(config)
         self.log.resize(config.request_log_limit)
+
+    def drop_answer(self, draw: float) -> bool:
+        """Whether the answer of a request just processed is to be dropped; `draw` in [0, 1)."""
+        if self.drops_pending > 0:
+            self.drops_pending -= 1
+            return True
+        return draw < self.config.drop_after_rate
 
     def issuer_for(self, base_url: str) -> str:
         """The issuer of tokens asked for (and presented) at `base_url`, the request's root."""

@@ -322,17 +322,17 @@ async def test_invalid_command_is_answered_dead_lettered_and_never_sent(
 async def test_unknown_routing_key_gets_unknown_command(
     amqp_url: str, producer: Producer, sim: SimulatorHandle
 ) -> None:
-    command_id = await producer.publish("workspace.delete", body({"workspaceId": "x"}))
+    command_id = await producer.publish("workspace.rename", body({"workspaceId": "x"}))
     async with asyncio.timeout(TIMEOUT):
         event = await producer.event_for(command_id)
-    assert event["type"] == "workspace.delete.failed"
+    assert event["type"] == "workspace.rename.failed"
     assert (event["error"]["code"], event["error"]["status"]) == ("UnknownCommand", None)
     assert sim.requests(kind="api") == []
     dead = [
         m for m in await drain_queue(amqp_url, "itwin-worker.dlq") if m.message_id == command_id
     ]
     assert dead[0].headers["x-itwin-error-code"] == "UnknownCommand"
-    assert dead[0].headers["x-itwin-routing-key"] == "workspace.delete"
+    assert dead[0].headers["x-itwin-routing-key"] == "workspace.rename"
 
 
 # --- tokens -----------------------------------------------------------------------------------

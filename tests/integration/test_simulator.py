@@ -385,7 +385,7 @@ def test_unknown_path_is_not_found(http: httpx.Client, headers: dict[str, str]) 
 
 
 def test_wrong_method_is_not_allowed(http: httpx.Client, headers: dict[str, str]) -> None:
-    response = http.delete("/library/applications", headers=headers)
+    response = http.delete("/contextcapture/jobs", headers=headers)
 
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"

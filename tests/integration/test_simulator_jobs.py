@@ -578,7 +578,7 @@ def test_admin_outcome_answers(
         {"state": 1},
         {"state": ["active"]},
         {},
-        {"settings": {"quality": "Draft"}},
+        {"settings": None},
     ],
 )
 def test_update_with_bad_state(
@@ -678,10 +678,10 @@ def test_job_endpoints_need_a_token_and_see_injected_errors(
 def test_job_path_lists_its_methods_when_refusing_one(
     http: httpx.Client, headers: dict[str, str], job: dict[str, Any]
 ) -> None:
-    response = http.delete(f"/contextcapture/jobs/{job['id']}", headers=headers)
+    response = http.put(f"/contextcapture/jobs/{job['id']}", json={}, headers=headers)
 
     assert response.status_code == 405
-    assert sorted(response.headers["allow"].split(", ")) == ["GET", "HEAD", "PATCH"]
+    assert sorted(response.headers["allow"].split(", ")) == ["DELETE", "GET", "HEAD", "PATCH"]
     assert response.json()["error"]["code"] == "MethodNotAllowed"
 
 

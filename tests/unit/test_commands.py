@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.commands import BY_ROUTING_KEY, COMMANDS
+from service.commands import BY_ROUTING_KEY, COMMANDS, UnexpectedAnswer
 from service.errors import InvalidCommand
 
 VALID: dict[str, dict[str, Any]] = {
@@ -53,7 +53,7 @@ def _details(routing_key: str, body: bytes) -> list[dict[str, Any]]:
     return caught.value.details
 
 
-def test_catalogue_has_the_five_commands_with_contract_event_names() -> None:
+def test_catalogue_has_the_contracts_commands_and_event_names() -> None:
     assert {spec.routing_key: (spec.success_event, spec.failure_event) for spec in COMMANDS} == {
         "workspace.create": ("workspace.created", "workspace.create.failed"),
         "workspace.get": ("workspace.retrieved", "workspace.get.failed"),
@@ -64,6 +64,18 @@ def test_catalogue_has_the_five_commands_with_contract_event_names() -> None:
         "job.cancel": ("job.cancel.accepted", "job.cancel.failed"),
         "job.get": ("job.retrieved", "job.get.failed"),
         "job.follow": (None, "job.follow.failed"),
+        "workspace.delete": ("workspace.deleted", "workspace.delete.failed"),
+        "job.update": ("job.updated", "job.update.failed"),
+        "job.delete": ("job.deleted", "job.delete.failed"),
+        "engines.get": ("engines.retrieved", "engines.get.failed"),
+        "repository.list": ("repository.listed", "repository.list.failed"),
+        "repository.get": ("repository.retrieved", "repository.get.failed"),
+        "repository.update": ("repository.updated", "repository.update.failed"),
+        "repository.delete": ("repository.deleted", "repository.delete.failed"),
+        "application.list": ("application.listed", "application.list.failed"),
+        "application.get": ("application.retrieved", "application.get.failed"),
+        "application.update": ("application.updated", "application.update.failed"),
+        "application.delete": ("application.deleted", "application.delete.failed"),
     }
 
 
@@ -231,3 +243,149 @@ def test_optional_fields_sent_as_null_are_left_out_of_the_request() -> None:
     spec = BY_ROUTING_KEY["workspace.create"]
     request = spec.request(_parse("workspace.create", {"name": "w", "iTwinId": None}))
     assert request.json == {"name": "w"}
+
+
+# --- the rest of each resource's lifecycle --------------------------------------------------
+
+ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
+
+
+def _request(routing_key: str, document: dict[str, Any]) -> Any:
+    return BY_ROUTING_KEY[routing_key].request(_parse(routing_key, document))
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "document", "method", "path", "query", "body"),
+    [
+        ("workspace.delete", {"workspaceId": "w1"}, "DELETE", "/contextcapture/workspaces/w1",
+         (), None),
+        ("job.delete", {"jobId": "j1"}, "DELETE", "/contextcapture/jobs/j1", (), None),
+        ("job.update", {"jobId": "j1", "settings": {"quality": "Draft", "processingEngines": 3.0}},
+         "PATCH", "/contextcapture/jobs/j1", (),
+         {"settings": {"quality": "Draft", "processingEngines": 3}}),
+        ("engines.get", {}, "GET", "/contextcapture/limits/engines", (), None),
+        ("engines.get", {"iTwinId": ITWIN}, "GET", "/contextcapture/limits/engines",
+         (("iTwinId", ITWIN),), None),
+        ("repository.list", {"iTwinId": ITWIN, "class": "Construction", "subClass": None},
+         "GET", f"/itwins/{ITWIN}/repositories", (("class", "Construction"),), None),
+        ("repository.get", {"iTwinId": ITWIN, "repositoryId": "r1"}, "GET",
+         f"/itwins/{ITWIN}/repositories/r1", (), None),
+        ("repository.update", {"iTwinId": ITWIN, "repositoryId": "r1", "displayName": "d",
+                               "options": None}, "PATCH", f"/itwins/{ITWIN}/repositories/r1",
+         (), {"displayName": "d", "options": None}),
+        ("repository.delete", {"iTwinId": ITWIN, "repositoryId": "r1"}, "DELETE",
+         f"/itwins/{ITWIN}/repositories/r1", (), None),
+        ("application.list", {}, "GET", "/library/applications", (), None),
+        ("application.list", {"continuationToken": "a&b=c/d"}, "GET", "/library/applications",
+         (("continuationToken", "a&b=c/d"),), None),
+        ("application.get", {"applicationId": "a1"}, "GET", "/library/applications/a1", (), None),
+        ("application.update", {"applicationId": "a1", "displayName": "R", "version": "1"}, "PUT",
+         "/library/applications/a1", (), {"displayName": "R", "version": "1"}),
+        ("application.delete", {"applicationId": "a1"}, "DELETE", "/library/applications/a1",
+         (), None),
+    ],
+)  # fmt: skip
+def test_lifecycle_commands_become_the_pages_requests(
+    routing_key: str,
+    document: dict[str, Any],
+    method: str,
+    path: str,
+    query: tuple[tuple[str, str], ...],
+    body: dict[str, Any] | None,
+) -> None:
+    request = _request(routing_key, document)
+    assert (request.method, request.path, request.query, request.json) == (
+        method, path, query, body,
+    )  # fmt: skip
+    assert request.endpoint == BY_ROUTING_KEY[routing_key].path
+
+
+def test_a_null_is_sent_only_where_the_api_acts_on_it() -> None:
+    request = _request(
+        "repository.update",
+        {"iTwinId": ITWIN, "repositoryId": "r1", "authentication": None, "options": {"a": None}},
+    )
+    assert request.json == {"authentication": None, "options": {"a": None}}
+    job = _request("job.update", {"jobId": "j1", "settings": None, "costEstimationParameters": {}})
+    assert job.json == {"costEstimationParameters": {}}
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "safe"),
+    [
+        ("workspace.create", False),
+        ("job.submit", False),
+        ("job.cancel", False),
+        ("job.update", True),
+        ("repository.update", True),
+        ("application.update", True),
+        ("workspace.delete", True),
+        ("application.list", True),
+    ],
+)
+def test_which_requests_are_repeated_after_a_lost_answer(routing_key: str, safe: bool) -> None:
+    spec = BY_ROUTING_KEY[routing_key]
+    document = (
+        VALID.get(routing_key)
+        or {
+            "workspace.delete": {"workspaceId": "w"},
+            "job.submit": {"jobId": "j"},
+            "job.cancel": {"jobId": "j"},
+            "job.update": {"jobId": "j", "settings": {}},
+            "repository.update": {"iTwinId": ITWIN, "repositoryId": "r"},
+            "application.update": {"applicationId": "a", "displayName": "R", "version": "1"},
+            "application.list": {},
+        }[routing_key]
+    )
+    assert spec.request(_parse(routing_key, document)).safe_to_repeat is safe
+
+
+def test_deletes_answer_with_the_ids_they_named() -> None:
+    spec = BY_ROUTING_KEY["repository.delete"]
+    command = _parse("repository.delete", {"iTwinId": ITWIN, "repositoryId": "r1"})
+    assert spec.result_of(command, {}) == {"iTwinId": ITWIN, "repositoryId": "r1"}
+
+
+def test_a_list_answers_with_its_items() -> None:
+    spec = BY_ROUTING_KEY["repository.list"]
+    command = _parse("repository.list", {"iTwinId": ITWIN})
+    items = [{"id": "r1", "class": "Construction"}]
+    assert spec.result_of(command, {"repositories": items}) == {"repositories": items}
+    with pytest.raises(UnexpectedAnswer):
+        spec.result_of(command, {"repositories": {"id": "r1"}})
+    with pytest.raises(UnexpectedAnswer):
+        spec.result_of(command, {"repositories": ["r1"]})
+
+
+@pytest.mark.parametrize(
+    ("links", "token"),
+    [
+        ({}, None),
+        ({"next": None}, None),
+        ({"next": {"href": "https://api.example/library/applications?continuationToken=a%26b"}},
+         "a&b"),
+        ({"next": {"href": "/library/applications?$top=50&continuationToken=xyz"}}, "xyz"),
+    ],
+)  # fmt: skip
+def test_a_page_carries_the_next_pages_token(links: dict[str, Any], token: str | None) -> None:
+    spec = BY_ROUTING_KEY["application.list"]
+    command = _parse("application.list", {})
+    document = {"applications": [{"id": "a"}], "_links": links}
+    assert spec.result_of(command, document) == {
+        "applications": [{"id": "a"}],
+        "continuationToken": token,
+    }
+    assert spec.result_of(command, {"applications": []}) == {
+        "applications": [],
+        "continuationToken": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "links",
+    [{"next": {}}, {"next": {"href": 5}}, {"next": {"href": "https://api.example/x?skip=50"}}],
+)
+def test_a_next_link_without_a_token_is_an_unexpected_answer(links: dict[str, Any]) -> None:
+    spec = BY_ROUTING_KEY["application.list"]
+    with pytest.raises(UnexpectedAnswer):
+        spec.result_of(_parse("application.list", {}), {"applications": [], "_links": links})

@@ -67,6 +67,17 @@ def test_500_is_retried_only_for_methods_safe_to_repeat() -> None:
     assert post.code == "InternalServerError"
 
 
+def test_a_request_can_say_it_is_safe_to_repeat_whatever_its_method() -> None:
+    def classify(method: str, repeatable: bool | None) -> object:
+        return classify_failure(
+            method, 500, {}, b"", now=NOW, default_retry_after=5.0, repeatable=repeatable
+        )
+
+    assert type(classify("PATCH", True)) is TransientError
+    assert isinstance(classify("PATCH", None), ApiError)
+    assert isinstance(classify("DELETE", False), ApiError)
+
+
 def test_401_asks_for_a_token_refresh() -> None:
     error = _classify("GET", 401, {"error": {"code": "HeaderNotFound", "message": "m"}})
     assert isinstance(error, TokenRejected)
