@@ -33,6 +33,7 @@ from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 from service.settings import SettingsError
 
 USER_AGENT = "itwin-worker"
+KEEPALIVE_SECONDS = 3.0
 _CERT_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
@@ -146,7 +147,10 @@ def http_client(
         verify=tls_context(ca_bundle),
         trust_env=proxies_from_environment,
         timeout=timeout,
-        limits=httpx.Limits(max_connections=max_connections),
+        # An idle connection is closed here before servers close theirs (uvicorn after 5 s,
+        # most proxies and gateways later): a request sent on a connection the server is
+        # closing at that moment would lose its answer, and a POST could not be repeated.
+        limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=KEEPALIVE_SECONDS),
         headers={"User-Agent": USER_AGENT},
         # The API answers in place; a redirect would be a misconfigured base URL.
         follow_redirects=False,
