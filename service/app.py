@@ -30,7 +30,7 @@ from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.jobs import JobFollower, PollPublisher
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
-from service.pipeline import DeliveryPolicy, Pipeline, Publisher
+from service.pipeline import Api, DeliveryPolicy, Pipeline, Publisher
 from service.probes import Probes
 from service.publisher import BrokerPublisher
 from service.redis_connection import RedisConnection, connect_redis
@@ -80,6 +80,7 @@ class Worker:
         http: httpx.AsyncClient | None = None,
         redis: RedisConnection | None = None,
         limiter: Limiter | None = None,
+        api: Api | None = None,
         outcomes: OutcomeStore | None = None,
         publisher: EventPublisher | None = None,
     ) -> None:
@@ -109,7 +110,7 @@ class Worker:
             self.http, credentials_from(settings), settings.token_refresh_margin_seconds
         )
         self.limiter = limiter or self._limiter()
-        self.api = ApiClient(
+        self.api: Api = api or ApiClient(
             self.http,
             self.tokens,
             self.limiter,

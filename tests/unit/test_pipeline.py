@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -10,52 +9,15 @@ import pytest
 from pydantic import field_validator
 
 from service.api import ApiResponse
-from service.commands import BY_ROUTING_KEY, ApiRequest
+from service.commands import BY_ROUTING_KEY
 from service.delivery import DELAYED_ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, Delivery
-from service.errors import ApiError, RetriesExhausted, WorkerError
-from service.events import EncodedEvent
+from service.errors import ApiError, RetriesExhausted
 from service.idempotency import MemoryOutcomes
-from service.jobs import JobFollower
 from service.messages import CreateWorkspace
-from service.metrics import Metrics
 from service.pipeline import DeliveryPolicy, Pipeline
+from tests.fakes import FakeApi, FakePublisher, bootstrapped
 
 WORKSPACE = {"id": "w1", "name": "w", "createdDateTime": "2026-01-01T00:00:00Z"}
-
-
-class FakeApi:
-    def __init__(self, *answers: ApiResponse | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[ApiRequest] = []
-
-    async def send(self, request: ApiRequest) -> ApiResponse:
-        self.requests.append(request)
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.published: list[dict[str, Any]] = []
-        self.dead: list[str] = []
-        self.delayed: list[tuple[int, float]] = []
-        self.polls: list[tuple[dict[str, Any], float | None]] = []
-
-    async def publish(self, event: EncodedEvent, reply_to: str | None) -> None:
-        self.published.append(json.loads(event.body))
-
-    async def dead_letter(
-        self, delivery: Delivery, event: EncodedEvent, reason: WorkerError
-    ) -> None:
-        self.dead.append(reason.code)
-
-    async def delay(self, delivery: Delivery, attempt: int, seconds: float) -> None:
-        self.delayed.append((attempt, seconds))
-
-    async def schedule_poll(self, poll: bytes, poll_id: str, delay: float | None) -> None:
-        self.polls.append((json.loads(poll), delay))
 
 
 def created() -> ApiResponse:
@@ -72,19 +34,9 @@ def delivery(message_id: str | None = "c1", headers: dict[str, Any] | None = Non
 
 
 def pipeline(
-    api: FakeApi, publisher: FakePublisher, outcomes: MemoryOutcomes | None = None, **policy: Any
+    api: FakeApi, publisher: FakePublisher, outcomes: MemoryOutcomes | None = None, **settings: Any
 ) -> Pipeline:
-    outcomes = outcomes or MemoryOutcomes(ttl=60, lease=5)
-    return Pipeline(
-        api,
-        publisher,
-        outcomes,
-        metrics=Metrics(frozenset({"workspace.create"})),
-        follower=JobFollower(api, publisher, outcomes, schedule=(15.0, 30.0)),
-        policy=DeliveryPolicy(
-            **{"retry_delays": (), "crash_backoff": 0.001, "crash_backoff_max": 0.001, **policy}
-        ),
-    )
+    return bootstrapped(api, publisher, outcomes, **settings).pipeline
 
 
 SPEC = BY_ROUTING_KEY["workspace.create"]
@@ -123,7 +75,7 @@ async def test_a_refusal_is_recorded_and_not_dead_lettered() -> None:
 async def test_retriable_failure_is_delayed_without_an_event_then_final() -> None:
     down = RetriesExhausted("down", status=503)
     api, publisher = FakeApi(down, down), FakePublisher()
-    worker = pipeline(api, publisher, retry_delays=(10.0,))
+    worker = pipeline(api, publisher, retry_delays=[10.0])
     await worker.handle(SPEC, delivery())
     assert (publisher.delayed, publisher.published) == ([(1, 10.0)], [])
     await worker.handle(SPEC, delivery(headers={DELAYED_ATTEMPT_HEADER: 1}))

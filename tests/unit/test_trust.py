@@ -9,7 +9,8 @@ from service.delivery import REPLAY_HEADER, Delivery
 from service.dlq import amqp_user
 from service.settings import Settings, SettingsError, load_settings
 from service.trust import Trust, printable
-from tests.unit.test_pipeline import SPEC, FakeApi, FakePublisher, created, pipeline
+from tests.fakes import FakeApi, FakePublisher
+from tests.unit.test_pipeline import SPEC, created, pipeline
 
 DEFAULT_PATTERN = Settings.model_fields["reply_to_pattern"].default
 OWN = frozenset({"itwin-worker.retry", "itwin-worker.replay"})
