@@ -81,6 +81,27 @@ class Settings(BaseSettings):
     """`/healthz`, `/readyz`, `/metrics`; 0 picks a free port (tests)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    # OpenTelemetry: the SDK's own variables, by their standard names (docs/tracing.md). These
+    # decide whether an exporter runs at all; the SDK reads the rest itself.
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: Literal["otlp", "none"] = Field(
+        default="otlp", validation_alias="OTEL_TRACES_EXPORTER"
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = Field(
+        default="http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    """Only OTLP over HTTP with protobuf is built in (no gRPC exporter is installed)."""
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf"] = Field(
+        default="http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    )
+    otel_service_name: str = Field(default="itwin-worker", validation_alias="OTEL_SERVICE_NAME")
     job_poll_schedule: Annotated[list[PositiveFloat], NoDecode] = [15.0, 30.0, 60.0, 120.0]
 
     command_exchange: str = "itwin.commands"
@@ -268,5 +289,6 @@ def load_settings(**overrides: object) -> Settings:
             if not field:  # a rule across fields: its message names them
                 lines.append(str(error.get("ctx", {}).get("error", error["msg"])))
                 continue
-            lines.append(f"ITWIN_WORKER_{field.upper()}: {error['msg']}")
+            name = field if field.startswith("OTEL_") else f"ITWIN_WORKER_{field.upper()}"
+            lines.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
