@@ -255,3 +255,40 @@ async def test_without_an_exporter_the_incoming_context_is_passed_on(
     assert producer.headers[traced["eventId"]]["traceparent"] == TRACEPARENT
     assert "traceparent" not in producer.headers[plain["eventId"]]
     assert [r.traceparent for r in sim.requests()] == [TRACEPARENT, None]
+
+
+async def test_a_followed_job_polls_in_the_command_trace_linked_to_the_command(
+    amqp_url: str, sim: SimulatorHandle, otlp: OtlpReceiver, start_worker: StartWorker
+) -> None:
+    worker = await start_worker(
+        job_poll_schedule=[0.2, 0.4], OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint
+    )
+    sim.configure(time_scale=0.02)  # the simulated 60 s job takes ~1 s
+    async with Producer(amqp_url, "itwin.commands") as producer, asyncio.timeout(30):
+        workspace = await producer.request("workspace.create", body({"name": "jobs"}))
+        job = await producer.request(
+            "job.create",
+            body({
+                "type": "Full", "name": "j", "workspaceId": workspace["result"]["id"],
+                "inputs": [{"id": "58e0c0ca-f730-4e5b-808d-1c8cacacb4d4"}],
+                "settings": {"outputs": ["OBJ"]},
+            }),
+        )  # fmt: skip
+        command_id = await producer.publish(
+            "job.submit", body({"jobId": job["result"]["id"]}), headers={"traceparent": TRACEPARENT}
+        )
+        while not any(
+            e["commandId"] == command_id and e["type"] == "job.succeeded" for e in producer.events
+        ):
+            await asyncio.sleep(0.05)
+    events = [e for e in producer.events if e["commandId"] == command_id]
+    assert {e["type"] for e in events} >= {"job.submitted", "job.progress", "job.succeeded"}
+    for event in events:
+        assert parts(producer.headers[event["eventId"]]["traceparent"])[0] == TRACE_ID
+    spans = await flushed(worker, otlp)
+    command = next(s for s in spans if s.parent_id == PARENT_ID and "job.submit" in s.name)
+    polls = [s for s in spans if s.name == "job poll"]
+    assert len(polls) >= 2
+    assert all(p.trace_id == TRACE_ID and p.links == (command.span_id,) for p in polls)
+    values = [str(v) for s in spans for v in s.attributes.values()] + [s.name for s in spans]
+    assert not [v for v in values if job["result"]["id"] in v or command_id in v]
