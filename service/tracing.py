@@ -19,7 +19,7 @@ worker has no spans of its own to put there); without one, none is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,7 +29,7 @@ from faststream.opentelemetry import TelemetryMiddleware
 from faststream.rabbit.opentelemetry.provider import RabbitTelemetrySettingsProvider
 from faststream.rabbit.response import RabbitPublishCommand
 from faststream.types import AsyncFuncAny
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -84,8 +84,13 @@ class Tracing:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         return cls(provider)
 
-    def middleware(self, names: Iterable[str]) -> TelemetryMiddleware[RabbitPublishCommand]:
-        """FastStream's telemetry middleware; destinations outside `names` are `other`."""
+    def middleware(
+        self, names: Iterable[str]
+    ) -> TelemetryMiddleware[RabbitPublishCommand] | type[PropagationOnly]:
+        """FastStream's telemetry middleware, destinations outside `names` being `other`; with
+        no SDK, `PropagationOnly`."""
+        if not self.recording:
+            return PropagationOnly
         attributes = BoundedRabbitAttributes(frozenset(names))
         return TelemetryMiddleware[RabbitPublishCommand](
             settings_provider_factory=lambda _: attributes,
@@ -186,6 +191,26 @@ class TraceHeaderGuard(BaseMiddleware):
                 # The same mapping as the delivery's: its republished copies drop it too.
                 del headers[name]
         return await call_next(msg)
+
+
+class PropagationOnly(BaseMiddleware[RabbitPublishCommand]):
+    """Without an SDK: the incoming trace context (and baggage) is the current one while the
+    message is handled, and every publish carries it. That is what FastStream's telemetry
+    middleware does with a no-op tracer, without its per-message spans, meters and scopes
+    (measured: ~150 µs of a command's CPU on this machine)."""
+
+    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        token = context.attach(propagate.extract(msg.headers))
+        try:
+            return await call_next(msg)
+        finally:
+            context.detach(token)
+
+    async def publish_scope(
+        self, call_next: Callable[[RabbitPublishCommand], Awaitable[Any]], cmd: RabbitPublishCommand
+    ) -> Any:
+        propagate.inject(cmd.headers)
+        return await call_next(cmd)
 
 
 class BoundedRabbitAttributes(RabbitTelemetrySettingsProvider):

@@ -252,9 +252,15 @@ async def test_without_an_exporter_the_incoming_context_is_passed_on(
         )
         traced = await producer.event_for(traced_id)
         plain = await producer.request("workspace.create", body({"name": "w"}))
+        bad_id = await producer.publish(
+            "workspace.create", body({"name": "w"}), headers={"traceparent": 7, "baggage": ["x"]}
+        )
+        bad = await producer.event_for(bad_id)
     assert producer.headers[traced["eventId"]]["traceparent"] == TRACEPARENT
     assert "traceparent" not in producer.headers[plain["eventId"]]
-    assert [r.traceparent for r in sim.requests()] == [TRACEPARENT, None]
+    assert bad["type"] == "workspace.created"
+    assert "traceparent" not in producer.headers[bad["eventId"]]
+    assert [r.traceparent for r in sim.requests()] == [TRACEPARENT, None, None]
 
 
 async def test_a_followed_job_polls_in_the_command_trace_linked_to_the_command(
