@@ -179,11 +179,13 @@ class ApiClient:
         # this one send; it happens once per token lifetime for the whole process.
         token = await self._tokens.token()
         tries.sent += 1
-        scheme, host, port = self._server
-        attributes = http_attributes(
-            request.method, request.endpoint, scheme=scheme, host=host, port=port,
-            attempt=tries.sent,
-        )  # fmt: skip
+        attributes = None
+        if tracing.recording:
+            scheme, host, port = self._server
+            attributes = http_attributes(
+                request.method, request.endpoint, scheme=scheme, host=host, port=port,
+                attempt=tries.sent,
+            )  # fmt: skip
         with tracing.span(
             f"{request.method} {request.endpoint}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:

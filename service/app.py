@@ -37,7 +37,7 @@ from service.redis_connection import RedisConnection, connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
 from service.topology import Topology
-from service.tracing import TraceHeaderGuard, Tracing
+from service.tracing import Tracing
 from service.trust import Trust, printable
 
 log = structlog.get_logger("itwin_worker.app")
@@ -99,8 +99,8 @@ class Worker:
         )
         # Consumer spans (continuing a command's traceparent) and the trace context on every
         # publish; on a broker handed in too, so its publishes carry the same headers.
-        self.broker.add_middleware(TraceHeaderGuard)
-        self.broker.add_middleware(self.tracing.middleware(_span_names(self.topology)))
+        for middleware in self.tracing.middlewares(_span_names(self.topology)):
+            self.broker.add_middleware(middleware)
         # One client for the API and the token endpoint: the same proxies, trust and pool.
         self.http = http or http_client(
             timeout=httpx.Timeout(
