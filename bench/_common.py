@@ -319,20 +319,29 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if value is not None:
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            environment[f"ITWIN_WORKER_{name.upper()}"] = text
+            # OpenTelemetry's variables keep their standard names (no prefix).
+            prefix = "" if name.startswith("otel_") else "ITWIN_WORKER_"
+            environment[f"{prefix}{name.upper()}"] = text
     if settings.client_secret is not None:
         environment["ITWIN_WORKER_CLIENT_SECRET"] = settings.client_secret.get_secret_value()
     return environment
 
 
-def spawn_worker(settings: Settings, log_path: Path, source: Path | None = None) -> ChildProcess:
-    """`itwin-worker run` with these settings; from `source` (a directory holding another
-    version's `service/` package, e.g. `git archive <commit> service | tar -x -C DIR`) if given,
-    else from this checkout."""
+def spawn_worker(
+    settings: Settings,
+    log_path: Path,
+    source: Path | None = None,
+    extra_environment: dict[str, str] | None = None,
+) -> ChildProcess:
+    """`itwin-worker run` with these settings (and variables the SDK reads itself, such as
+    OTEL_TRACES_SAMPLER); from `source` (a directory holding another version's `service/`
+    package, e.g. `git archive <commit> service | tar -x -C DIR`) if given, else from this
+    checkout."""
     argv = [sys.executable, "-m", "service.cli", "run"]
+    environment = worker_environment(settings) | (extra_environment or {})
     if source is None:
-        return ChildProcess(argv, worker_environment(settings), log_path)
-    environment = worker_environment(settings) | {"PYTHONPATH": str(source)}
+        return ChildProcess(argv, environment, log_path)
+    environment |= {"PYTHONPATH": str(source)}
     return ChildProcess(argv, environment, log_path, cwd=source)
 
 

@@ -1,7 +1,7 @@
 """How fast the worker drains a backlog, next to three baselines, on one broker and one stub.
 
 `python -m bench.throughput [--commands 5000] [--repeat 3] [--latency-ms 0,50]
-[--variants a,b,c,d] [--prefetch 32] [--quick] [--memory] [--worker-source DIR]`
+[--variants a,b,c,d] [--prefetch 32] [--quick] [--memory] [--worker-source DIR] [--tracing]`
 
 Variants, each a fresh process consuming the same durable quorum queue (declared as the worker
 declares it) with the same prefetch, publishing one persistent event with publisher confirms to
@@ -12,7 +12,11 @@ the `itwin.events` topic exchange, then acking:
 - b: raw aio-pika + plain httpx POST /contextcapture/workspaces to the simulator.
 - c: a bare FastStream subscriber + plain httpx.
 - d: `itwin-worker run` with everything on: validation, limiter in Redis (set not to bind:
-  100 000/s, burst 1 000), JSON logs at INFO to a file, confirmed events.
+  100 000/s, burst 1 000), JSON logs at INFO to a file, confirmed events. No OTEL_* variable:
+  no exporter (trace context is still passed on).
+- t (with `--tracing`, beside d in the same run): d with tracing on: OTEL_TRACES_SAMPLER=
+  always_on and OTLP/HTTP to a local receiver process (`bench.otlp_sink`, which decodes every
+  export). The table then also prints t - d: the consumer's CPU per command that tracing costs.
 
 Per run: the simulator is reset and given the latency, the backlog is published (not timed),
 then the consumer process is started. An observer queue bound to `itwin.events` sees every event.
@@ -71,6 +75,7 @@ from bench._common import (
     clean_environment,
     cpu_seconds,
     declare_topology,
+    free_port,
     progress,
     publish_backlog,
     purge_queue,
@@ -82,15 +87,18 @@ from bench._common import (
     worker_settings,
 )
 from bench._variants import Config
+from bench.otlp_sink import READY as OTLP_READY
 from service.producer import Producer
 from service.settings import Settings
 
 VARIANTS = ("a", "b", "c", "d")
+TRACED = "t"
 DESCRIPTION = {
     "a": "aio-pika, no HTTP (broker ceiling)",
     "b": "aio-pika + httpx",
     "c": "FastStream + httpx",
     "d": "itwin-worker, all features",
+    TRACED: "itwin-worker, tracing on (OTLP)",
 }
 VARIANT_MODULE = {
     "a": ["bench._variants", "a"],
@@ -114,6 +122,7 @@ class Options:
     worker_source: Path | None = None
     rate: float | None = None
     burst: int = 20
+    tracing: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,8 @@ class Bench:
     queue: str
     pids: dict[str, int | None]
     runs: int = 0
+    otlp_endpoint: str | None = None
+    """The local OTLP receiver of variant t (`--tracing`)."""
 
     def worker_settings(self) -> Settings:
         """Variant d: limiter in Redis (not binding unless `--rate`), JSON logs, the bench's
@@ -175,6 +186,12 @@ class Bench:
         log = self.workdir / f"run-{self.runs:03d}-{variant}.log"
         if variant == "d":
             return spawn_worker(self.worker_settings(), log, self.options.worker_source)
+        if variant == TRACED:
+            settings = self.worker_settings().model_copy(
+                update={"otel_exporter_otlp_endpoint": self.otlp_endpoint}
+            )
+            sampler = {"OTEL_TRACES_SAMPLER": "always_on"}
+            return spawn_worker(settings, log, self.options.worker_source, sampler)
         config = Config(
             amqp_url=self.amqp_url,
             queue=self.queue,
@@ -285,7 +302,23 @@ async def open_bench(options: Options, amqp_url: str, workdir: Path) -> AsyncIte
             "redis": await redis_pid(redis),
             "bench": os.getpid(),
         }
-        yield Bench(options, amqp_url, workdir, simulator, prefix, producer, counter, queue, pids)
+        bench = Bench(options, amqp_url, workdir, simulator, prefix, producer, counter, queue, pids)
+        if TRACED in options.variants:
+            port = free_port()
+            sink = ChildProcess(
+                [sys.executable, "-m", "bench.otlp_sink", str(port)],
+                clean_environment(),
+                workdir / "otlp-sink.log",
+            )
+            stack.callback(_stop_sink, sink)
+            await sink.ready(OTLP_READY)
+            bench.otlp_endpoint = f"http://127.0.0.1:{port}"
+        yield bench
+
+
+def _stop_sink(sink: ChildProcess) -> None:
+    sink.stop()
+    progress(f"otlp sink: {sink.log().strip().splitlines()[-1]}")
 
 
 # --- the comparison -------------------------------------------------------------------------
@@ -388,6 +421,15 @@ def _ratios(medians: dict[str, Measurement | None]) -> str:
         for v in ("c", "b", "a")
         if (m := medians.get(v)) is not None
     ]
+    traced = medians.get(TRACED)
+    if traced is not None:
+        # CPU seconds per 1 000 commands = milliseconds per command; in microseconds here.
+        cost = (traced.cpu_per_1000["consumer"] - d.cpu_per_1000["consumer"]) * 1000
+        parts.append(
+            f"t/d = {traced.rate / d.rate:.2f}, tracing costs the worker {cost:+.0f} µs CPU "
+            f"per command (off: {d.cpu_per_1000['consumer'] * 1000:.0f} µs, on: "
+            f"{traced.cpu_per_1000['consumer'] * 1000:.0f} µs)"
+        )
     return f"{'':>6} ratios: " + ", ".join(parts) + "\n"
 
 
@@ -505,6 +547,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--variants", default="a,b,c,d", help="subset of a,b,c,d")
     parser.add_argument("--prefetch", type=int, default=32, help="prefetch of every variant (32)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1000 commands, 1 run")
+    parser.add_argument(
+        "--tracing", action="store_true", help="also d with tracing on (t: OTLP to a local sink)"
+    )
     parser.add_argument("--memory", action="store_true", help="worker RSS with a 10k backlog")
     parser.add_argument("--rate", type=float, help="the worker alone at this budget (calls/s)")
     parser.add_argument("--burst", type=int, default=20, help="the budget's burst (--rate; 20)")
@@ -528,12 +573,13 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         commands=commands,
         repeat=1 if args.quick else args.repeat,
         latencies=tuple(float(x) for x in latencies.split(",") if x.strip()),
-        variants=tuple(sorted(variants)),
+        variants=tuple(sorted({*variants, *([TRACED] if args.tracing else [])})),
         prefetch=args.prefetch,
         memory=args.memory,
         worker_source=args.worker_source.resolve() if args.worker_source else None,
         rate=args.rate,
         burst=args.burst,
+        tracing=args.tracing,
     )
 
 

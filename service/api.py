@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 
 from service.auth import TokenProvider
 from service.commands import ApiRequest
@@ -44,6 +46,7 @@ from service.errors import (
 from service.http_client import TRANSPORT_ERRORS, never_sent
 from service.limiter import Limiter
 from service.metrics import Metrics
+from service.tracing import Tracing, http_attributes
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
 
@@ -136,15 +139,19 @@ class ApiClient:
         *,
         base_url: str,
         metrics: Metrics,
+        tracing: Tracing | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing or Tracing()
         self._http = http
         # Paths are built from percent-encoded parts and always start with '/'.
         self._base_url = base_url.rstrip("/")
         # httpx parses a URL string in pure Python (~30 µs, 2 % of a command's CPU); a create
         # command's path is the same every time, and an httpx.URL is immutable.
         self._url = functools.lru_cache(maxsize=256)(self._parse_url)
+        base = httpx.URL(self._base_url)
+        self._server = (base.scheme, base.host, base.port)
         self._tokens = tokens
         self._limiter = limiter
         self._policy = policy
@@ -171,15 +178,65 @@ class ApiClient:
                 await asyncio.sleep(tries.wait(error))
 
     async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
-        metrics = self._metrics
-        metrics.limiter_wait.observe(await self._limiter.acquire())
+        metrics, tracing = self._metrics, self._tracing
+        with tracing.span("budget wait"):
+            metrics.limiter_wait.observe(await self._limiter.acquire())
         # After the wait: the token is fresh when the request leaves. A fetch here delays
         # this one send; it happens once per token lifetime for the whole process.
         token = await self._tokens.token()
         tries.sent += 1
+        attributes = None
+        if tracing.recording:
+            scheme, host, port = self._server
+            attributes = http_attributes(
+                request.method, request.endpoint, scheme=scheme, host=host, port=port,
+                attempt=tries.sent,
+            )  # fmt: skip
+        with tracing.span(
+            f"{request.method} {request.endpoint}", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            try:
+                response = await self._send(request, token, tries)
+            except WorkerError as error:
+                span.set_attribute("error.type", error.code)
+                raise
+            span.set_attribute("http.response.status_code", response.status_code)
+            if not response.is_success:
+                span.set_attribute("error.type", str(response.status_code))
+        if response.is_success:
+            return ApiResponse(response.status_code, _document(response), tries.sent)
+        if response.status_code == 404 and request.method == "DELETE" and tries.answer_lost:
+            # Gone: the attempt whose answer was lost deleted it. The result names the ids.
+            return ApiResponse(response.status_code, {}, tries.sent)
+        failure = classify_failure(
+            request.method,
+            response.status_code,
+            response.headers,
+            response.content,
+            now=self._now(),
+            default_retry_after=self._policy.default_retry_after,
+            repeatable=request.safe_to_repeat,
+        )
+        if isinstance(failure, RateLimited):
+            metrics.rate_limited.inc()
+            await self._limiter.pause(failure.retry_after)
+        elif isinstance(failure, TokenRejected):
+            if tries.refreshed:
+                raise ApiError(
+                    failure.message, status=failure.status, code=failure.code, dead_letter=True
+                )
+            tries.refreshed = True
+            self._tokens.invalidate(token)
+        raise failure
+
+    async def _send(self, request: ApiRequest, token: str, tries: _Tries) -> httpx.Response:
+        """One attempt on the wire, inside its span (whose context the request carries)."""
+        metrics = self._metrics
         started = time.perf_counter()
         status = 0
         headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+        # traceparent/tracestate/baggage of the attempt's span, by the configured propagators.
+        propagate.inject(headers)
         body = None
         if request.json is not None:
             # What httpx's `json=` sends, at a third of its cost (13 µs there).
@@ -211,31 +268,7 @@ class ApiClient:
             metrics.api_latency.labels(request.method, request.endpoint, str(status)).observe(
                 time.perf_counter() - started
             )
-        if response.is_success:
-            return ApiResponse(response.status_code, _document(response), tries.sent)
-        if response.status_code == 404 and request.method == "DELETE" and tries.answer_lost:
-            # Gone: the attempt whose answer was lost deleted it. The result names the ids.
-            return ApiResponse(response.status_code, {}, tries.sent)
-        failure = classify_failure(
-            request.method,
-            response.status_code,
-            response.headers,
-            response.content,
-            now=self._now(),
-            default_retry_after=self._policy.default_retry_after,
-            repeatable=request.safe_to_repeat,
-        )
-        if isinstance(failure, RateLimited):
-            metrics.rate_limited.inc()
-            await self._limiter.pause(failure.retry_after)
-        elif isinstance(failure, TokenRejected):
-            if tries.refreshed:
-                raise ApiError(
-                    failure.message, status=failure.status, code=failure.code, dead_letter=True
-                )
-            tries.refreshed = True
-            self._tokens.invalidate(token)
-        raise failure
+        return response
 
 
 def _document(response: httpx.Response) -> dict[str, Any]:

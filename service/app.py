@@ -23,11 +23,11 @@ from redis.exceptions import RedisError
 
 from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
-from service.commands import COMMANDS, CommandSpec
+from service.commands import COMMANDS, UNKNOWN_COMMAND_EVENT, CommandSpec
 from service.delivery import delivery_from
 from service.http_client import http_client
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
-from service.jobs import JobFollower, PollPublisher
+from service.jobs import FOLLOW_FAILED_EVENT, JOB_EVENTS, JobFollower, PollPublisher
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
 from service.pipeline import Api, DeliveryPolicy, Pipeline, Publisher
@@ -37,6 +37,7 @@ from service.redis_connection import RedisConnection, connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import Settings, SettingsError
 from service.topology import Topology
+from service.tracing import Tracing
 from service.trust import Trust, printable
 
 log = structlog.get_logger("itwin_worker.app")
@@ -83,9 +84,11 @@ class Worker:
         api: Api | None = None,
         outcomes: OutcomeStore | None = None,
         publisher: EventPublisher | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """Every adapter defaults to the one the settings describe."""
         self.settings = settings
+        self.tracing = tracing or Tracing.from_settings(settings)
         self.metrics = Metrics(frozenset(spec.routing_key for spec in COMMANDS))
         self.topology = Topology.from_settings(settings)
         self.broker = broker or RabbitBroker(
@@ -95,6 +98,10 @@ class Worker:
             logger=None,
             apply_types=False,
         )
+        # Consumer spans (continuing a command's traceparent) and the trace context on every
+        # publish; on a broker handed in too, so its publishes carry the same headers.
+        for middleware in self.tracing.middlewares(_span_names(self.topology)):
+            self.broker.add_middleware(middleware)
         # One client for the API and the token endpoint: the same proxies, trust and pool.
         self.http = http or http_client(
             timeout=httpx.Timeout(
@@ -107,7 +114,11 @@ class Worker:
         self.redis = redis or connect_redis(settings)
         self.keys = RedisKeys(settings.redis_prefix)
         self.tokens = TokenProvider(
-            self.http, credentials_from(settings), settings.token_refresh_margin_seconds
+            self.http,
+            credentials_from(settings),
+            settings.token_refresh_margin_seconds,
+            tracing=self.tracing,
+            metrics=self.metrics,
         )
         self.limiter = limiter or self._limiter()
         self.api: Api = api or ApiClient(
@@ -123,11 +134,16 @@ class Worker:
             ),
             base_url=str(settings.api_base_url),
             metrics=self.metrics,
+            tracing=self.tracing,
         )
         self.publisher = publisher or BrokerPublisher(self.broker, self.topology)
         self.outcomes = outcomes or self._outcomes()
         self.follower = JobFollower(
-            self.api, self.publisher, self.outcomes, settings.job_poll_schedule
+            self.api,
+            self.publisher,
+            self.outcomes,
+            settings.job_poll_schedule,
+            tracing=self.tracing,
         )
         self.pipeline = Pipeline(
             self.api,
@@ -241,7 +257,28 @@ class Worker:
         await self.http.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+        await asyncio.to_thread(self.tracing.shutdown)
         log.info("worker stopped")
+
+
+def _span_names(topology: Topology) -> set[str]:
+    """The exchange, queue and routing-key names spans may carry: the worker's own. Anything
+    else (a reply_to queue, a stranger's routing key) is `other` there."""
+    names = {"default", UNKNOWN_COMMAND_EVENT, FOLLOW_FAILED_EVENT, *JOB_EVENTS}
+    for exchange in (
+        topology.commands, topology.events, topology.unrouted, topology.retry,
+        topology.replay, topology.dead_letters,
+    ):  # fmt: skip
+        names.add(exchange.name)
+    for queue in (topology.dead_letter_queue, topology.unrouted_queue, topology.poll_queue):
+        names.add(queue.name)
+    for exchange, queue in topology.delays.values():
+        names.update((exchange.name, queue.name))
+    for spec in COMMANDS:
+        names.update((spec.routing_key, spec.failure_event, topology.command_queue(spec).name))
+        if spec.success_event:
+            names.add(spec.success_event)
+    return names
 
 
 def _poller(

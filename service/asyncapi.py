@@ -65,6 +65,8 @@ retry or replay exchange (`itwin-worker.retry`, `itwin-worker.replay`), never on
 command.
 - `content_type`: `application/json` (parameters allowed) or absent; anything else is \
 `InvalidCommand`. Bodies are UTF-8 JSON either way.
+- headers `traceparent`, `tracestate`, `baggage` (W3C Trace Context / Baggage): the worker \
+continues that trace; without them (or with an invalid value) it starts a new one.
 
 Publish commands persistent (delivery mode 2)."""
 
@@ -72,7 +74,8 @@ EVENT_PROPERTIES = """\
 Published persistent (delivery mode 2) with publisher confirms, `content_type: \
 application/json`, `message_id` = `eventId`, `correlation_id` = `correlationId`, AMQP `type` = \
 the event type (also the routing key), and also sent to the command's `reply_to` if it has \
-one. The command is acked only after its event is confirmed."""
+one. The command is acked only after its event is confirmed. Header `traceparent` (and \
+`tracestate`): the worker's span for the command, in the command's trace."""
 
 DEAD_LETTER_HEADERS: dict[str, str] = {
     ROUTING_KEY_HEADER: "The routing key the command arrived with.",
@@ -136,6 +139,7 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             f"; failure: `{spec.failure_event}`.\n\n{COMMAND_PROPERTIES}",
             "contentType": JSON,
             "correlationId": _ref("components", "correlationIds", CORRELATION_ID),
+            "headers": _ref("components", "schemas", json_schemas.COMMAND_TRACE_HEADERS),
             "payload": payloads[rk],
             "bindings": {"amqp": {"bindingVersion": AMQP_BINDING_VERSION}},
         }
@@ -178,6 +182,7 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
         "description": "The body is not read. It is answered with an `UnknownCommand` failure "
         "event and dead-lettered.\n\n" + COMMAND_PROPERTIES,
         "correlationId": _ref("components", "correlationIds", CORRELATION_ID),
+        "headers": _ref("components", "schemas", json_schemas.COMMAND_TRACE_HEADERS),
         "payload": {"description": "Any body; it is not read."},
     }
     command_channels["commands.unrouted"] = {
@@ -250,8 +255,15 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
         "headers": {
             "type": "object",
             "properties": {
-                name: {"type": "string", "description": text}
-                for name, text in DEAD_LETTER_HEADERS.items()
+                **{
+                    name: {"type": "string", "description": text}
+                    for name, text in DEAD_LETTER_HEADERS.items()
+                },
+                "traceparent": {
+                    "type": "string",
+                    "description": "The worker's span for the command, in its trace.",
+                },
+                "tracestate": {"type": "string", "description": "W3C Trace Context."},
             },
         },
         "payload": {"description": "The command's body exactly as received (maybe not JSON)."},
@@ -392,6 +404,7 @@ def _event_message(name: str, summary: str, payload: Any) -> dict[str, Any]:
         "description": EVENT_PROPERTIES,
         "contentType": JSON,
         "correlationId": _ref("components", "correlationIds", CORRELATION_ID),
+        "headers": _ref("components", "schemas", json_schemas.EVENT_TRACE_HEADERS),
         "payload": payload,
         "bindings": {"amqp": {"bindingVersion": AMQP_BINDING_VERSION}},
     }

@@ -16,6 +16,8 @@ import httpx
 from pydantic import SecretStr
 
 from service.errors import Unauthorized
+from service.metrics import Metrics
+from service.tracing import Tracing
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,12 @@ class TokenProvider:
         credentials: ClientCredentials,
         refresh_margin: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._tracing = tracing or Tracing()
+        self._metrics = metrics
         self._http = http
         self._credentials = credentials
         self._margin = refresh_margin
@@ -72,6 +79,23 @@ class TokenProvider:
             self._token = None
 
     async def _fetch(self) -> _Token:
+        # A span of its own, with no attribute at all: the form holds the secret, the answer
+        # the token, and the endpoint is the operator's setting.
+        with self._tracing.span("token fetch") as span:
+            try:
+                token = await self._fetch_token()
+            except Unauthorized as error:
+                span.set_attribute("error.type", error.code)
+                self._count("failure")
+                raise
+        self._count("success")
+        return token
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.token_fetches.labels(outcome).inc()
+
+    async def _fetch_token(self) -> _Token:
         credentials = self._credentials
         form = {
             "grant_type": "client_credentials",

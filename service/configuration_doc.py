@@ -58,7 +58,10 @@ def render() -> str:
     prefix = Settings.model_config.get("env_prefix", "")
     for name, field in Settings.model_fields.items():
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
-        rows.append(f"| `{prefix}{name.upper()}` | {_default(field.default)} | {meaning} |")
+        # A standard variable (`OTEL_*`) is read by its own name, without the prefix.
+        variable = field.validation_alias if isinstance(field.validation_alias, str) else None
+        variable = variable or f"{prefix}{name.upper()}"
+        rows.append(f"| `{variable}` | {_default(field.default)} | {meaning} |")
     return _HEADER + "\n".join(rows) + "\n"
 
 

@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.api import ApiResponse
 from service.commands import JOB_PATH, PROGRESS_PATH, ApiRequest
 from service.errors import ApiError, WorkerError
 from service.events import EncodedEvent, failure, success
 from service.idempotency import OutcomeStore, Recorded, claim_when_free
+from service.tracing import Tracing, carrier, link_to
 
 log = structlog.get_logger("itwin_worker.jobs")
 
@@ -54,6 +55,9 @@ class Poll(BaseModel):
     index: int = 0
     percentage: int | None = None
     step: str | None = None
+    trace: dict[str, str] = Field(default_factory=dict, max_length=2)
+    """`traceparent` (and `tracestate`) of the command that started the following: each poll's
+    span links to it."""
 
     @property
     def key(self) -> str:
@@ -106,7 +110,10 @@ class JobFollower:
         outcomes: OutcomeStore,
         schedule: Sequence[float],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing or Tracing()
         self._api = api
         self._publisher = publisher
         self._outcomes = outcomes
@@ -124,7 +131,11 @@ class JobFollower:
     ) -> None:
         """Begin following: poll now (`job.follow`) or after the first interval (submit)."""
         first = Poll(
-            job_id=job_id, command_id=command_id, correlation_id=correlation_id, reply_to=reply_to
+            job_id=job_id,
+            command_id=command_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            trace=carrier(),
         )
         await self._schedule_poll(first, None if at_once else self._schedule[0])
 
@@ -138,7 +149,10 @@ class JobFollower:
             command_id=poll.command_id, correlation_id=poll.correlation_id, job_id=poll.job_id
         )
         try:
-            await self._poll(poll)
+            # The poll message's own context makes this a child of whoever scheduled it; the
+            # link leads straight to the command that started the following.
+            with self._tracing.span("job poll", links=link_to(poll.trace)):
+                await self._poll(poll)
         finally:
             structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "job_id")
 

@@ -1,4 +1,5 @@
-"""The JSON Schema of every command body and every event, generated from the models.
+"""The JSON Schema of every command body and every event, generated from the models, and of
+the trace headers (W3C Trace Context and Baggage) commands and events may carry.
 
 `service.asyncapi` builds its message payloads on these; `service.contract` writes both to
 `schemas/`.
@@ -64,6 +65,30 @@ def result_schema(spec: CommandSpec) -> dict[str, Any] | None:
     }
 
 
+COMMAND_TRACE_HEADERS = "command-trace-headers"
+EVENT_TRACE_HEADERS = "event-trace-headers"
+
+_TRACE_HEADERS: dict[str, dict[str, Any]] = {
+    "traceparent": {
+        "type": "string",
+        "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        "description": "W3C Trace Context `traceparent`.",
+    },
+    "tracestate": {"type": "string", "description": "W3C Trace Context `tracestate`."},
+    "baggage": {"type": "string", "description": "W3C Baggage."},
+}
+
+
+def _trace_headers(title: str, description: str, names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "$schema": DIALECT,
+        "title": title,
+        "description": description,
+        "type": "object",
+        "properties": {name: _TRACE_HEADERS[name] for name in names},
+    }
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     """Relative path → JSON Schema document, for every command and event of the contract."""
     documents: dict[str, dict[str, Any]] = {}
@@ -102,4 +127,19 @@ def schemas() -> dict[str, dict[str, Any]]:
         "description": "`command.failed`, or the unknown routing key + `.failed`.",
     }
     documents[f"events/{UNKNOWN_COMMAND_EVENT}.json"] = unknown
+    documents[f"headers/{COMMAND_TRACE_HEADERS}.json"] = _trace_headers(
+        "Trace headers of a command",
+        "AMQP headers a command may carry, as OpenTelemetry-instrumented producers send them: "
+        "the worker continues that trace (an invalid or non-text value is ignored: a new trace "
+        "starts, the command is processed as usual). Other headers are allowed.",
+        ("traceparent", "tracestate", "baggage"),
+    )
+    documents[f"headers/{EVENT_TRACE_HEADERS}.json"] = _trace_headers(
+        "Trace headers of an event",
+        "The worker's span for the command, in the command's trace (a new trace when the "
+        "command carried none). Without an exporter configured the worker has no spans: the "
+        "command's own `traceparent` is passed on unchanged, and none is set when it had none. "
+        "The command's `baggage` is passed on too.",
+        ("traceparent", "tracestate", "baggage"),
+    )
     return documents

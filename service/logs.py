@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines by default, per-command context, secrets redacted.
+"""structlog set-up: JSON lines by default, per-command context and trace ids, secrets redacted.
 
 Processors are plain callables. `redact_secrets` runs last before rendering, so no code path,
 including a careless `log.info(..., headers=...)`, can put a token or the client secret in a log.
@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from service.tracing import add_trace_ids
 
 REDACTED = "[redacted]"
 _PLAIN = frozenset({int, float, bool, type(None)})
@@ -93,6 +95,7 @@ def configure(level: str = "INFO", fmt: str = "json", known_secrets: Iterable[st
     redactor = SecretRedactor(known_secrets)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

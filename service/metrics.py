@@ -58,6 +58,15 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.token_fetches = Counter(
+            "itwin_worker_token_fetches_total",
+            "Access-token fetches from the token endpoint, by outcome: success, failure.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("success", "failure"):
+            # Both series from the start, so an alert on failures sees a zero before the first.
+            self.token_fetches.labels(outcome)
         self.rate_limited = Counter(
             "itwin_worker_api_rate_limited_total", "429 answers from the API.", registry=registry
         )

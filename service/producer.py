@@ -35,6 +35,8 @@ class Producer:
         self._exchange: AbstractExchange | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
+        self.headers: dict[str, dict[str, Any]] = {}
+        """The AMQP headers of each event received, by event id (its message_id)."""
         self._arrived = asyncio.Condition()
         """Every event received, in arrival order, duplicates included."""
 
@@ -64,6 +66,7 @@ class Producer:
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         event = json.loads(message.body)
         self.events.append(event)
+        self.headers[str(message.message_id)] = dict(message.headers or {})
         async with self._arrived:
             self._arrived.notify_all()
         waiter = self._waiter(str(event.get("commandId")))

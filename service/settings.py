@@ -100,6 +100,33 @@ class Settings(BaseSettings):
     """DEBUG, INFO, WARNING or ERROR."""
     log_format: Literal["json", "console"] = "json"
     """`json` lines, or `console` for people at a terminal."""
+
+    # OpenTelemetry: the SDK's own variables, by their standard names (docs/tracing.md). These
+    # decide whether an exporter runs at all; the SDK reads the rest itself.
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    """True: no tracing SDK at all (trace context is still passed on)."""
+    otel_traces_exporter: Literal["otlp", "none"] = Field(
+        default="otlp", validation_alias="OTEL_TRACES_EXPORTER"
+    )
+    """`none`: no exporter, as without an endpoint."""
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    """The OTLP/HTTP collector; unset (and no traces endpoint): no exporter runs."""
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    """The collector's traces URL, when it is not the endpoint's `/v1/traces`."""
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = Field(
+        default="http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    """Only OTLP over HTTP with protobuf is built in (no gRPC exporter is installed)."""
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf"] = Field(
+        default="http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    )
+    """The same, for traces only."""
+    otel_service_name: str = Field(default="itwin-worker", validation_alias="OTEL_SERVICE_NAME")
+    """The `service.name` of the worker's spans."""
     job_poll_schedule: Annotated[list[PositiveFloat], NoDecode] = [15.0, 30.0, 60.0, 120.0]
     """Seconds between job progress polls, comma-separated: the next interval moves along the
     list while nothing changes (the last repeats) and restarts when the percentage changes."""
@@ -298,5 +325,6 @@ def load_settings(**overrides: object) -> Settings:
             if not field:  # a rule across fields: its message names them
                 lines.append(str(error.get("ctx", {}).get("error", error["msg"])))
                 continue
-            lines.append(f"ITWIN_WORKER_{field.upper()}: {error['msg']}")
+            name = field if field.startswith("OTEL_") else f"ITWIN_WORKER_{field.upper()}"
+            lines.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

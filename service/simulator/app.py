@@ -152,7 +152,15 @@ class RequestRecorder:
         if scope["type"] != "http" or path.startswith(ADMIN_PREFIX):
             await self._app(scope, receive, send)
             return None
-        entry = self._state.log.record(scope["method"], path, _kind(path))
+        traceparent = next(
+            (value for name, value in scope["headers"] if name == b"traceparent"), None
+        )
+        entry = self._state.log.record(
+            scope["method"],
+            path,
+            _kind(path),
+            traceparent.decode("latin-1")[:64] if traceparent is not None else None,
+        )
         answered = False
 
         async def send_recording(message: Message) -> None:

@@ -27,6 +27,8 @@ class RecordedRequest:
     status: int | None = None
     until: float | None = None
     retry_after: int | None = None
+    traceparent: str | None = None
+    """The W3C trace context the request carried (never any other header: no tokens)."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -36,6 +38,8 @@ class RecordedRequest:
             "status": self.status,
             "kind": self.kind,
         }
+        if self.traceparent is not None:
+            data["traceparent"] = self.traceparent
         if self.kind == "storm":
             data["until"] = self.until
             data["retry_after"] = self.retry_after
@@ -52,9 +56,11 @@ class RequestLog:
     def __init__(self, limit: int) -> None:
         self._entries: deque[RecordedRequest] = deque(maxlen=limit)
 
-    def record(self, method: str, path: str, kind: RequestKind) -> RecordedRequest:
+    def record(
+        self, method: str, path: str, kind: RequestKind, traceparent: str | None = None
+    ) -> RecordedRequest:
         """Log an arrival now; the caller fills in the status when it answers."""
-        return self.add(RecordedRequest(time.time(), method, path, kind))
+        return self.add(RecordedRequest(time.time(), method, path, kind, traceparent=traceparent))
 
     def add(self, entry: RecordedRequest) -> RecordedRequest:
         self._entries.append(entry)

@@ -348,7 +348,9 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if value is not None:
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            environment[f"ITWIN_WORKER_{name.upper()}"] = text
+            # OpenTelemetry's variables keep their standard names (no prefix).
+            prefix = "" if name.startswith("otel_") else "ITWIN_WORKER_"
+            environment[f"{prefix}{name.upper()}"] = text
     secret = settings.client_secret
     if secret is not None:
         environment["ITWIN_WORKER_CLIENT_SECRET"] = secret.get_secret_value()

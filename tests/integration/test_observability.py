@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,6 +47,37 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+WATCHED = [
+    REPOSITORY / "helm/itwin-worker/templates/prometheusrule.yaml",
+    REPOSITORY / "helm/itwin-worker/dashboards/itwin-worker.json",
+]
+METRIC = re.compile(r"\bitwin_worker_[a-z_]+")
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+async def test_every_metric_the_alerts_and_the_dashboard_name_is_exported(
+    start_worker: StartWorker,
+) -> None:
+    worker = await start_worker()
+    async with httpx.AsyncClient() as client:
+        page = await client.get(f"http://127.0.0.1:{worker.probes.port}/metrics")
+    exported: set[str] = set()
+    for family in text_string_to_metric_families(page.text):
+        if family.type == "counter":
+            exported.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            exported.update(family.name + suffix for suffix in HISTOGRAM_SERIES)
+        else:
+            exported.add(family.name)
+    for path in WATCHED:
+        named = set(METRIC.findall(path.read_text()))
+        assert named, f"{path.name} names no metric: the pattern is wrong"
+        assert named <= exported, f"{path.name} names metrics the worker does not export"
+    # The alerts need the token-fetch counter.
+    assert "itwin_worker_token_fetches_total" in exported
 
 
 async def test_metrics_count_what_happened(

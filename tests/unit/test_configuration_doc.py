@@ -19,7 +19,9 @@ def test_the_committed_table_is_the_generated_one() -> None:
 def test_every_setting_has_a_row_with_a_meaning() -> None:
     rendered = configuration_doc.render()
     for name, field in Settings.model_fields.items():
-        assert f"`ITWIN_WORKER_{name.upper()}`" in rendered
+        alias = field.validation_alias
+        variable = alias if isinstance(alias, str) else f"ITWIN_WORKER_{name.upper()}"
+        assert f"`{variable}`" in rendered
         assert field.description, f"{name} has no docstring"
 
 

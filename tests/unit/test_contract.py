@@ -38,6 +38,17 @@ def test_every_command_and_both_its_events_have_a_schema() -> None:
         assert f"events/{spec.failure_event}.json" in names
 
 
+def test_commands_and_events_describe_their_trace_headers() -> None:
+    messages = asyncapi.document()["components"]["messages"]
+    for spec in COMMANDS:
+        command, failed = messages[spec.routing_key], messages[spec.failure_event]
+        assert command["headers"]["$ref"].endswith("/command-trace-headers")
+        assert failed["headers"]["$ref"].endswith("/event-trace-headers")
+    headers = json_schemas.schemas()["headers/command-trace-headers.json"]["properties"]
+    assert set(headers) == {"traceparent", "tracestate", "baggage"}
+    assert "traceparent" in messages["deadLetter"]["headers"]["properties"]
+
+
 def test_command_schema_states_the_page_rules() -> None:
     schema = json_schemas.schemas()["commands/application.create.json"]
     assert schema["required"] == ["displayName", "version"]
@@ -133,8 +144,12 @@ def test_asyncapi_payloads_are_the_contract_schemas() -> None:
     document = asyncapi.document()
     components = document["components"]
     for relative, schema in json_schemas.schemas().items():
-        name = relative.split("/", 1)[1].removesuffix(".json")
+        kind, name = relative.split("/", 1)
+        name = name.removesuffix(".json")
         expected = {k: v for k, v in schema.items() if k not in {"$schema", "$defs"}}
+        if kind == "headers":
+            assert components["schemas"][name] == expected
+            continue
         assert _follow(document, components["messages"][name]["payload"]) == _hoisted(expected)
         for def_name, definition in schema.get("$defs", {}).items():
             assert components["schemas"][def_name] == _hoisted(definition)

@@ -174,3 +174,20 @@ Whether the worker's API and token URLs are the simulator's ("true" or "").
 {{- true }}
 {{- end }}
 {{- end }}
+
+{{/*
+An alert's labels: its severity, then prometheusRule.alertLabels (which may override it).
+*/}}
+{{- define "itwin-worker.alertLabels" -}}
+{{- toYaml (merge (dict) .r.alertLabels (dict "severity" .severity)) }}
+{{- end }}
+
+{{/*
+An alert's runbook annotation, when prometheusRule.runbookBaseUrl is set.
+*/}}
+{{- define "itwin-worker.runbook" -}}
+description: See the runbook, {{ .alert }} in docs/alerts.md.
+{{- with .r.runbookBaseUrl }}
+runbook_url: {{ printf "%s#%s" . (lower $.alert) }}
+{{- end }}
+{{- end }}
