@@ -79,7 +79,9 @@ async def test_local_breaker_refuses_while_open_and_reports_its_state() -> None:
     assert not permit.probe
     for _ in range(POLICY.failures):
         opened_now = await breaker.failed(permit)
-    assert opened_now and breaker.is_open and await breaker.check()
+    assert opened_now
+    assert breaker.is_open
+    assert await breaker.check()
     assert (
         metrics.registry.get_sample_value("itwin_worker_dependency_down", {"dependency": "api"})
         == 1
