@@ -12,10 +12,12 @@ The arithmetic is pure (`BreakerState`, `admit`, `succeeded`, `failed`); `LocalB
 the state in the process, `RedisBreaker` in one Redis hash per breaker, updated by one Lua
 script on Redis's clock, so every replica sees the same state and one replica probes for all.
 
-Why not a library: pybreaker (sync, its Redis storage is blocking redis-py and counts failures
-per process), aiobreaker and purgatory (asyncio, but the state is per process or its store API
-would need the same script anyway) do not give "one probe for every replica" atomically; the
-state machine is twenty lines and tested on its own (tests/unit/test_breaker.py).
+Why not a library (searched; none is in the locks): pybreaker's Redis storage is blocking
+redis-py; purgatory (asyncio, a Redis unit of work) shares the state but, as we read it, not one
+atomic "this caller is the probe" across replicas, nor 5xx-yes/429-no classification of its own;
+aiobreaker-redis and asyncbreaker are new single-maintainer 0.x packages. What the worker needs
+(one probe for every replica, on Redis's clock, hash-tagged for Cluster) is one Lua script over
+a few pure functions, unit-tested with an injected clock (tests/unit/test_breaker.py).
 """
 
 from __future__ import annotations
