@@ -228,9 +228,12 @@ class Worker:
                 checks["redis"] = False
             if checks["redis"]:
                 self.outages.redis_answered()
-        # A breaker's state lives in Redis when Redis is configured: without Redis, the last
-        # state this process saw.
+        # A breaker's state lives in Redis when Redis is configured: without Redis (or with
+        # Redis not answering), the last state this process saw.
         for breaker in (self.api_breaker, self.token_breaker):
+            if not checks.get("redis", True):
+                checks[breaker.name] = not breaker.is_open
+                continue
             try:
                 async with asyncio.timeout(1.0):
                     checks[breaker.name] = not await breaker.check()
