@@ -285,6 +285,10 @@ class Simulator:
         self._admin.post("/reset").raise_for_status()
         self._admin.patch("/config", json={"latency_ms": latency_ms}).raise_for_status()
 
+    def configure(self, **config: Any) -> None:
+        """Change the simulator's configuration (faults: `error_rate`, `error_statuses`, ...)."""
+        self._admin.patch("/config", json=config).raise_for_status()
+
     def requests(self, kind: str = "api") -> list[tuple[float, int | None]]:
         """(arrival time as the simulator's `time.time()`, HTTP status) of each logged request."""
         response = self._admin.get("/requests", params={"kind": kind})

@@ -13,6 +13,11 @@ safe to repeat (GET, PUT, DELETE, and the PATCHes that only set fields): a POST,
 changes a job's state, ends as `OutcomeUnknown` instead of risking a duplicate. A DELETE repeated
 after a lost answer that now gets 404 was deleted by the lost attempt: that is its success (the
 event's `attempts` shows the repeat). A 404 on a DELETE's first attempt stays the API's refusal.
+
+The circuit breaker (`service.breaker`) sees every send: connect errors, timeouts and 5xx count
+against it, any other answer proves the API up. While it is open a call raises `DependencyDown`
+instead of being sent or retried, and so does a call that needs Redis (limiter, breaker) while
+Redis does not answer: the pipeline then waits with the command, which spends none of its tries.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from service.auth import TokenProvider
+from service.breaker import Breaker, Permit
 from service.commands import ApiRequest
 from service.errors import (
     ApiError,
@@ -46,6 +52,7 @@ from service.errors import (
 from service.http_client import TRANSPORT_ERRORS, never_sent
 from service.limiter import Limiter
 from service.metrics import Metrics
+from service.outages import REDIS, REDIS_UNAVAILABLE, DependencyDown
 from service.tracing import Tracing, http_attributes
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
@@ -140,10 +147,12 @@ class ApiClient:
         base_url: str,
         metrics: Metrics,
         tracing: Tracing | None = None,
+        breaker: Breaker | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
         self._tracing = tracing or Tracing()
+        self._breaker = breaker
         self._http = http
         # Paths are built from percent-encoded parts and always start with '/'.
         self._base_url = base_url.rstrip("/")
@@ -164,6 +173,8 @@ class ApiClient:
         tries = _Tries(self._policy, self._metrics)
         try:
             return await self._with_retries(request, tries)
+        except REDIS_UNAVAILABLE:
+            raise DependencyDown(REDIS) from None
         except WorkerError as error:
             error.attempts = tries.sent
             raise
@@ -184,6 +195,7 @@ class ApiClient:
         # After the wait: the token is fresh when the request leaves. A fetch here delays
         # this one send; it happens once per token lifetime for the whole process.
         token = await self._tokens.token()
+        permit = await self._breaker.admit() if self._breaker is not None else None
         tries.sent += 1
         attributes = None
         if tracing.recording:
@@ -196,13 +208,14 @@ class ApiClient:
             f"{request.method} {request.endpoint}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
             try:
-                response = await self._send(request, token, tries)
+                response = await self._send(request, token, tries, permit)
             except WorkerError as error:
                 span.set_attribute("error.type", error.code)
                 raise
             span.set_attribute("http.response.status_code", response.status_code)
             if not response.is_success:
                 span.set_attribute("error.type", str(response.status_code))
+        opened = await self._report(permit, failed=response.status_code >= 500)
         if response.is_success:
             return ApiResponse(response.status_code, _document(response), tries.sent)
         if response.status_code == 404 and request.method == "DELETE" and tries.answer_lost:
@@ -227,9 +240,13 @@ class ApiClient:
                 )
             tries.refreshed = True
             self._tokens.invalidate(token)
+        elif opened and isinstance(failure, TransientError):
+            raise DependencyDown(self._breaker_name)
         raise failure
 
-    async def _send(self, request: ApiRequest, token: str, tries: _Tries) -> httpx.Response:
+    async def _send(
+        self, request: ApiRequest, token: str, tries: _Tries, permit: Permit | None
+    ) -> httpx.Response:
         """One attempt on the wire, inside its span (whose context the request carries)."""
         metrics = self._metrics
         started = time.perf_counter()
@@ -253,6 +270,9 @@ class ApiClient:
             response = await self._http.send(http_request)
             status = response.status_code
         except TRANSPORT_ERRORS as exc:
+            opened = await self._report(permit, failed=True)
+            if opened and (never_sent(exc) or request.safe_to_repeat):
+                raise DependencyDown(self._breaker_name) from None
             if never_sent(exc):
                 raise TransientError(f"{type(exc).__name__} before the request was sent.") from None
             if request.safe_to_repeat:
@@ -269,6 +289,23 @@ class ApiClient:
                 time.perf_counter() - started
             )
         return response
+
+    @property
+    def _breaker_name(self) -> str:
+        return self._breaker.name if self._breaker is not None else "api"
+
+    async def _report(self, permit: Permit | None, *, failed: bool) -> bool:
+        """Tell the breaker how the send went; True if it is open now. The API's answer is
+        never lost for it: a Redis that fails here only leaves the breaker's count behind."""
+        if self._breaker is None or permit is None:
+            return False
+        try:
+            if failed:
+                return await self._breaker.failed(permit)
+            await self._breaker.succeeded(permit)
+        except REDIS_UNAVAILABLE:
+            return False
+        return False
 
 
 def _document(response: httpx.Response) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
+from service.breaker import Breaker, BreakerPolicy, LocalBreaker, RedisBreaker
 from service.commands import COMMANDS, UNKNOWN_COMMAND_EVENT, CommandSpec
 from service.delivery import delivery_from
 from service.http_client import http_client
@@ -30,6 +31,7 @@ from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
 from service.jobs import FOLLOW_FAILED_EVENT, JOB_EVENTS, JobFollower, PollPublisher
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
 from service.metrics import Metrics
+from service.outages import REDIS_UNAVAILABLE, DependencyDown, Outages
 from service.pipeline import Api, DeliveryPolicy, Pipeline, Publisher
 from service.probes import Probes
 from service.publisher import BrokerPublisher
@@ -113,12 +115,20 @@ class Worker:
         )
         self.redis = redis or connect_redis(settings)
         self.keys = RedisKeys(settings.redis_prefix)
+        self.api_breaker = self._breaker("api")
+        self.token_breaker = self._breaker("token_endpoint")
+        self.outages = Outages(
+            self.metrics,
+            self.redis.ping if self.redis is not None else None,
+            {breaker.name: breaker.wait for breaker in (self.api_breaker, self.token_breaker)},
+        )
         self.tokens = TokenProvider(
             self.http,
             credentials_from(settings),
             settings.token_refresh_margin_seconds,
             tracing=self.tracing,
             metrics=self.metrics,
+            breaker=self.token_breaker,
         )
         self.limiter = limiter or self._limiter()
         self.api: Api = api or ApiClient(
@@ -135,6 +145,7 @@ class Worker:
             base_url=str(settings.api_base_url),
             metrics=self.metrics,
             tracing=self.tracing,
+            breaker=self.api_breaker,
         )
         self.publisher = publisher or BrokerPublisher(self.broker, self.topology)
         self.outcomes = outcomes or self._outcomes()
@@ -157,6 +168,7 @@ class Worker:
                 crash_backoff=settings.retry_initial_seconds,
                 crash_backoff_max=settings.retry_max_seconds,
             ),
+            outages=self.outages,
         )
         self.probes = Probes(self.metrics, self.readiness)
         self._consuming = False
@@ -169,7 +181,21 @@ class Worker:
         unrouted = topology.unrouted_queue
         consumer = _consumer(self.pipeline, None, unrouted.name, trust)
         self._subscribe(unrouted, topology.unrouted, consumer)
-        self._subscribe(topology.poll_queue, topology.retry, _poller(self.follower, topology))
+        poller = _poller(self.follower, topology, self.outages)
+        self._subscribe(topology.poll_queue, topology.retry, poller)
+
+    def _breaker(self, name: str) -> Breaker:
+        settings = self.settings
+        policy = BreakerPolicy(
+            settings.breaker_failures,
+            settings.breaker_probe_initial_seconds,
+            settings.breaker_probe_max_seconds,
+            # A probe that never reports (its replica died) holds the others one call's time.
+            probe_lease=settings.api_connect_timeout_seconds + settings.api_read_timeout_seconds,
+        )
+        if self.redis is None:
+            return LocalBreaker(name, policy, self.metrics)
+        return RedisBreaker(name, policy, self.metrics, self.redis.client, self.keys.breaker(name))
 
     def _limiter(self) -> Limiter:
         settings = self.settings
@@ -215,6 +241,19 @@ class Worker:
                     checks["redis"] = await self.redis.ping()
             except (OSError, RedisError, TimeoutError):
                 checks["redis"] = False
+            if checks["redis"]:
+                self.outages.redis_answered()
+        # A breaker's state lives in Redis when Redis is configured: without Redis (or with
+        # Redis not answering), the last state this process saw.
+        for breaker in (self.api_breaker, self.token_breaker):
+            if not checks.get("redis", True):
+                checks[breaker.name] = not breaker.is_open
+                continue
+            try:
+                async with asyncio.timeout(1.0):
+                    checks[breaker.name] = not await breaker.check()
+            except (*REDIS_UNAVAILABLE, TimeoutError):
+                checks[breaker.name] = not breaker.is_open
         return checks
 
     async def start(self) -> None:
@@ -282,7 +321,7 @@ def _span_names(topology: Topology) -> set[str]:
 
 
 def _poller(
-    follower: JobFollower, topology: Topology
+    follower: JobFollower, topology: Topology, outages: Outages
 ) -> Callable[[RabbitMessage], Awaitable[None]]:
     async def poll(message: RabbitMessage) -> None:
         # The worker schedules its polls through the retry exchange only; anything else in the
@@ -295,7 +334,16 @@ def _poller(
                 exchange=printable(exchange),
             )
             return
-        await follower.poll(message.body)
+        # A poll is idempotent by its id: one that met an outage is done again once the
+        # dependency is back, and spends none of the poll's deliveries.
+        while True:
+            try:
+                await follower.poll(message.body)
+                return
+            except DependencyDown as down:
+                await outages.wait(down.dependency)
+            except REDIS_UNAVAILABLE:
+                await outages.wait_for_redis()
 
     return poll
 

@@ -3,11 +3,16 @@
 The token is refreshed a margin before it expires, and dropped when the API rejects it; callers
 that arrive during a fetch wait for that fetch instead of starting their own. Neither the client
 secret nor a token is ever put into a message, a log line or an exception.
+
+With a circuit breaker (`service.breaker`), a token endpoint that cannot be reached or answers
+5xx is an outage, not the command's failure: `DependencyDown`, and the command waits in its
+queue. A TLS certificate the worker does not trust is a refusal (`Unauthorized`), as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +20,10 @@ from dataclasses import dataclass
 import httpx
 from pydantic import SecretStr
 
+from service.breaker import Breaker, Permit
 from service.errors import Unauthorized
 from service.metrics import Metrics
+from service.outages import DependencyDown
 from service.tracing import Tracing
 
 
@@ -49,10 +56,12 @@ class TokenProvider:
         *,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self._tracing = tracing or Tracing()
         self._metrics = metrics
         self._http = http
+        self._breaker = breaker
         self._credentials = credentials
         self._margin = refresh_margin
         self._clock = clock
@@ -103,16 +112,23 @@ class TokenProvider:
             "client_secret": credentials.client_secret.get_secret_value(),
             "scope": credentials.scope,
         }
+        permit = await self._breaker.admit() if self._breaker is not None else None
         self.fetches += 1
         try:
             response = await self._http.post(
                 credentials.token_url, data=form, headers={"Accept": "application/json"}
             )
         except httpx.HTTPError as exc:
+            if not _tls_refused(exc):
+                await self._outage(permit)
             raise Unauthorized(
                 f"The token endpoint could not be reached ({type(exc).__name__}).",
                 retriable=True,
             ) from None
+        if response.status_code >= 500:
+            await self._outage(permit)
+        elif permit is not None and self._breaker is not None:
+            await self._breaker.succeeded(permit)
         if response.status_code != 200:
             raise Unauthorized(
                 f"The token endpoint answered HTTP {response.status_code}{_oauth_error(response)}.",
@@ -133,6 +149,22 @@ class TokenProvider:
         # way to the API, and a larger one would fetch more often than once per lifetime.
         margin = min(self._margin, lifetime / 10)
         return _Token(value, self._clock() + lifetime - margin)
+
+    async def _outage(self, permit: Permit | None) -> None:
+        """Count the failure; with a breaker the caller waits for the endpoint instead."""
+        if self._breaker is None or permit is None:
+            return
+        await self._breaker.failed(permit)
+        raise DependencyDown(self._breaker.name)
+
+
+def _tls_refused(error: BaseException) -> bool:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _oauth_error(response: httpx.Response) -> str:

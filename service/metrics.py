@@ -71,6 +71,14 @@ class Metrics:
             "itwin_worker_api_rate_limited_total", "429 answers from the API.", registry=registry
         )
 
+        self.dependency_down = Gauge(
+            "itwin_worker_dependency_down",
+            "1 while a dependency is unavailable and commands wait in their queues: redis "
+            "(does not answer), api or token_endpoint (circuit breaker open).",
+            ["dependency"],
+            registry=registry,
+        )
+
     def routing_key(self, routing_key: str) -> str:
         return routing_key if routing_key in self._known else "unknown"
 

@@ -9,6 +9,11 @@ The broker adapter acks the command only after `handle` returns, that is after e
 here was confirmed. A crash goes back to the queue (after a back-off); a crash in validation or
 the call becomes a `RetriesExhausted` failure event on the queue's last delivery instead, so
 even a poison command ends in one event.
+
+An outage is not a crash: while Redis does not answer, or a circuit breaker is open, the
+command waits here, unacked, and tries again when the dependency is back (`service.outages`);
+it spends none of its deliveries, delays or retries. An outcome the API gave is published and
+acked even when Redis cannot record it (docs/failure-modes.md: the duplicate window).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from service.idempotency import Leased, OutcomeStore, Recorded, claim_when_free
 from service.jobs import JobFollower
 from service.messages import Command, JobRef
 from service.metrics import Metrics
+from service.outages import REDIS_UNAVAILABLE, DependencyDown, Outages
 
 log = structlog.get_logger("itwin_worker.pipeline")
 
@@ -123,9 +129,11 @@ class Pipeline:
         metrics: Metrics,
         follower: JobFollower,
         policy: DeliveryPolicy = DeliveryPolicy(),
+        outages: Outages | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
+        self._outages = outages or Outages(metrics, None, {})
         self._follower = follower
         self._api = api
         self._publisher = publisher
@@ -182,21 +190,28 @@ class Pipeline:
             prepared = _validate(spec, delivery)
         except Exception as crash:
             return await self._poisoned(spec, delivery, crash)
-        # A crash from here to the call (Redis unreachable) goes back to the queue as it is:
-        # the queue's delivery limit bounds it, and the command reaches the dead-letter queue
-        # untouched, for a replay.
-        lease = await self._claim(delivery)
-        if isinstance(lease, Recorded):
-            # An empty record: the command's only announcement is its job's own events.
-            if lease.event:
-                await self._publisher.publish(EncodedEvent.parse(lease.event), delivery.reply_to)
-            log.info("duplicate command: answered from its recorded outcome")
-            return Settled("duplicate")
-        try:
-            outcome = await self._call(spec, delivery, prepared)
-        except Exception as crash:
-            await self._release(delivery, lease)
-            return await self._poisoned(spec, delivery, crash)
+        while True:
+            # Waits while Redis does not answer; any other crash goes back to the queue as it
+            # is (the queue's delivery limit bounds it, the command reaches the dead-letter
+            # queue untouched, for a replay).
+            lease = await self._claim(delivery)
+            if isinstance(lease, Recorded):
+                # An empty record: the command's only announcement is its job's own events.
+                if lease.event:
+                    event = EncodedEvent.parse(lease.event)
+                    await self._publisher.publish(event, delivery.reply_to)
+                log.info("duplicate command: answered from its recorded outcome")
+                return Settled("duplicate")
+            try:
+                outcome = await self._call(spec, delivery, prepared)
+                break
+            except DependencyDown as down:
+                # Nothing was done for this command: let go of it, wait, claim it again.
+                await self._release(delivery, lease)
+                await self._outages.wait(down.dependency)
+            except Exception as crash:
+                await self._release(delivery, lease)
+                return await self._poisoned(spec, delivery, crash)
         try:
             delay = self._policy.delay_for(outcome.error, delivery)
             if delay is not None and outcome.error is not None:
@@ -220,11 +235,23 @@ class Pipeline:
         if delivery.id_made_up:
             return None
         command_id = delivery.message_id or ""
-        return await claim_when_free(self._outcomes, command_id, fresh=delivery.replay)
+        while True:
+            try:
+                lease = await claim_when_free(self._outcomes, command_id, fresh=delivery.replay)
+            except REDIS_UNAVAILABLE:
+                await self._outages.wait_for_redis()
+                continue
+            self._outages.redis_answered()
+            return lease
 
     async def _release(self, delivery: Delivery, lease: Leased | None) -> None:
-        if lease is not None:
+        """Let go of the lease; with Redis away it expires on its own (the lease time)."""
+        if lease is None:
+            return
+        try:
             await self._outcomes.release(delivery.message_id or "", lease.token)
+        except REDIS_UNAVAILABLE:
+            self._outages.redis_failed()
 
     async def _call(
         self, spec: CommandSpec | None, delivery: Delivery, prepared: Prepared | WorkerError
@@ -271,7 +298,15 @@ class Pipeline:
         if lease is not None:
             # Final, retriable or not (its delays are spent): a re-send gets this same event.
             # An operator's `dlq replay` is how a final failure is tried again.
-            await self._outcomes.record(command_id, lease.token, encoded.body if encoded else b"")
+            try:
+                await self._outcomes.record(
+                    command_id, lease.token, encoded.body if encoded else b""
+                )
+            except REDIS_UNAVAILABLE:
+                # The API acted: its outcome is published (and the command acked) all the
+                # same; only a re-send of this id would be worked again.
+                self._outages.redis_failed()
+                log.debug("outcome published without its record: redis does not answer")
         if encoded is not None:
             if error is not None and error.dead_letter:
                 await self._publisher.dead_letter(delivery, encoded, error)

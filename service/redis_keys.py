@@ -16,7 +16,9 @@ touch keys of one slot. So the keys one script touches share a tag:
   with a `}` only moves its records to another slot. The id is the whole rest of the key, so
   two ids never share a key, and the text before the brace tells outcome, lease and budget
   apart;
-- the budget's bucket state: one hash, `<prefix>:limiter:{<prefix>}`.
+- the budget's bucket state: one hash, `<prefix>:limiter:{<prefix>}`;
+- each circuit breaker's state: one hash, `<prefix>:breaker:<name>:{<prefix>}` (the name is
+  ours: `api`, `token_endpoint`).
 """
 
 from __future__ import annotations
@@ -40,3 +42,7 @@ class RedisKeys:
     def lease(self, command_id: str) -> str:
         """Held while one replica works on a command, so another does not start it too."""
         return f"{self.prefix}:lease:{{{self.prefix}:{command_id}}}"
+
+    def breaker(self, name: str) -> str:
+        """The state of the circuit breaker in front of one dependency, shared by replicas."""
+        return f"{self.prefix}:breaker:{name}:{{{self.prefix}}}"

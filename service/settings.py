@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     """Refresh a token this long before it expires (a tenth of its life for short-lived
     tokens)."""
 
+    breaker_failures: PositiveInt = 5
+    """Retriable failures in a row (connect errors, timeouts, 5xx; not 429) that open the
+    circuit breaker of the API, or of the token endpoint (docs/failure-modes.md)."""
+    breaker_probe_initial_seconds: PositiveFloat = 1.0
+    """Wait from the breaker's opening to its first probe; doubled after each failed probe."""
+    breaker_probe_max_seconds: PositiveFloat = 10.0
+    """Longest wait between two probes of an open breaker."""
+
     retry_delays: Annotated[list[PositiveFloat], NoDecode] = [10.0, 60.0, 300.0]
     """Delayed redeliveries after a retriable failure (delay queues), before it is final."""
     idempotency_ttl_seconds: PositiveFloat = 86400.0

@@ -67,7 +67,12 @@ async def test_resent_commands_get_their_recorded_events_and_no_api_call(
 async def test_delayed_redelivery_then_dead_letter_then_replay(
     amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker, redis_prefix: str
 ) -> None:
-    await start_worker(retry_delays=[0.5, 1.0], retry_attempts=2, **shared_redis(redis_prefix))
+    # The breaker stays out of it (tests/integration/test_outages.py): a few 503s, each a
+    # command's own retriable failure.
+    await start_worker(
+        retry_delays=[0.5, 1.0], retry_attempts=2, breaker_failures=100,
+        **shared_redis(redis_prefix),
+    )  # fmt: skip
     sim.configure(error_rate=1.0, error_statuses=[503])
     async with Producer(amqp_url, "itwin.commands") as producer:
         command_id = await producer.publish("workspace.create", body({"name": "w"}))
@@ -220,40 +225,41 @@ def _rabbitmqctl(action: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", action], check=True, capture_output=True, timeout=120)
 
 
-async def test_a_crash_is_nacked_redelivered_to_the_limit_then_dead_lettered(
+async def test_redis_unreachable_holds_the_command_and_spends_no_delivery(
     amqp_url: str, start_worker: StartWorker, sim: SimulatorHandle
 ) -> None:
-    """Redis unreachable: every delivery fails before any work, so no event is published;
-    each failure is nacked back to the queue until the queue's delivery limit sends the
-    command, untouched, to the dead-letter queue."""
+    """Redis unreachable (issue 15): the command waits unacked at its claim, is not
+    redelivered, not dead-lettered and not worked; readiness names Redis. (The poison bound,
+    for crashes that are not an outage: tests/unit/test_pipeline.py.)"""
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
-    worker = await start_worker(redis_url=nowhere)
+    worker = await start_worker(redis_url=nowhere, retry_initial_seconds=0.05)
     async with Producer(amqp_url, "itwin.commands") as producer:
-        command = body({"name": "crashing", "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc"})
+        command = body({"name": "waiting", "iTwinId": "60805594-3e04-43b5-8fd8-5ccae0de23cc"})
         command_id = await producer.publish("workspace.create", command)
-        dead: list[Any] = []
-        async with asyncio.timeout(30):
-            while not dead:
-                dead = [
-                    m
-                    for m in await drain_queue(amqp_url, "itwin-worker.dlq", quiet=0.5)
-                    if m.message_id == command_id
-                ]
-        assert dead[0].body == command
-        assert dead[0].headers["x-death"][0]["reason"] == "delivery_limit"
+        await asyncio.sleep(8)
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(0.5):
                 await producer.event_for(command_id)
+    assert await drain_queue(amqp_url, "itwin-worker.dlq", quiet=0.5) == []
     received = worker.metrics.commands_received.labels("workspace.create")._value.get()
-    assert received == worker.settings.delivery_limit + 1
+    assert received == 1, "one delivery, held"
+    assert (await worker.readiness())["redis"] is False
+    down = worker.metrics.registry.get_sample_value(
+        "itwin_worker_dependency_down", {"dependency": "redis"}
+    )
+    assert down == 1
     assert sim.requests(kind="api") == []
+    # Stopped, the worker gives the command back to its queue, untouched: take it away.
+    await worker.stop()
+    held = await drain_queue(amqp_url, "itwin-worker.workspace.create", quiet=0.5)
+    assert [m.message_id for m in held] == [command_id]
 
 
 async def test_a_redis_outage_shorter_than_the_back_off_costs_no_command(
     amqp_url: str, start_worker: StartWorker, sim: SimulatorHandle, tmp_path: Any
 ) -> None:
-    """Redis comes up 1.5 s after the command arrives: the deliveries back off (0.25, 0.5,
-    1, ... s) instead of spending the delivery limit at once, and the command succeeds."""
+    """Redis comes up 1.5 s after the command arrives: the delivery waits at its claim
+    instead of spending the delivery limit, and the command succeeds."""
     port = free_port()
     worker = await start_worker(
         redis_url=f"redis://127.0.0.1:{port}/0", retry_initial_seconds=0.25, retry_max_seconds=2
@@ -277,5 +283,5 @@ async def test_a_redis_outage_shorter_than_the_back_off_costs_no_command(
             await redis.wait()
     assert event["type"] == "workspace.created"
     received = worker.metrics.commands_received.labels("workspace.create")._value.get()
-    assert 2 <= received <= worker.settings.delivery_limit
+    assert received == 1
     assert len(sim.requests(kind="api")) == 1

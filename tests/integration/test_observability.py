@@ -36,7 +36,12 @@ async def test_readyz_is_503_until_the_broker_is_connected(
             await worker.start()
             after = await client.get("/readyz")
             assert after.status_code == 200, after.text
-            assert after.json()["checks"] == {"consuming": True, "broker": True}
+            assert after.json()["checks"] == {
+                "consuming": True,
+                "broker": True,
+                "api": True,
+                "token_endpoint": True,
+            }
     finally:
         await worker.stop()
 

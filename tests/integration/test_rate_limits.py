@@ -174,22 +174,6 @@ async def test_token_expiry_mid_load_costs_one_refresh(
     assert any(r.status == 401 for r in sim.requests(kind="api"))
 
 
-async def test_token_endpoint_down_gives_unauthorized_then_recovers(
-    amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker
-) -> None:
-    await start_worker()
-    sim.configure(token_endpoint_down=True)
-    async with Producer(amqp_url, "itwin.commands") as producer:
-        [failed] = await publish_and_collect(producer, 1, "workspace.create", {"name": "w"}, 20)
-        sim.configure(token_endpoint_down=False)
-        [recovered] = await publish_and_collect(producer, 1, "workspace.create", {"name": "w"}, 20)
-    assert (failed["error"]["code"], failed["error"]["status"]) == ("Unauthorized", None)
-    assert failed["error"]["retriable"] is True
-    assert recovered["type"] == "workspace.created"
-    dead = await drain_queue(amqp_url, "itwin-worker.dlq")
-    assert failed["commandId"] in {m.message_id for m in dead}
-
-
 async def test_secrets_and_tokens_never_reach_logs_or_events(
     amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers
 ) -> None:
@@ -197,9 +181,16 @@ async def test_secrets_and_tokens_never_reach_logs_or_events(
     sim.expire_tokens()
     async with Producer(amqp_url, "itwin.commands") as producer:
         events = await publish_and_collect(producer, 5, "workspace.create", {"name": "w"}, 20)
+        # A token endpoint that is down: the command waits for it (logged), then succeeds.
         sim.configure(token_endpoint_down=True)
         sim.expire_tokens()
-        events += await publish_and_collect(producer, 1, "workspace.create", {"name": "w"}, 20)
+        command_id = await producer.publish("workspace.create", body({"name": "w"}))
+        async with asyncio.timeout(20):
+            while sim.requests(kind="token")[-1].status != 503:
+                await asyncio.sleep(0.05)
+        sim.configure(token_endpoint_down=False)
+        async with asyncio.timeout(20):
+            events.append(await producer.event_for(command_id))
     worker.stop()
     log = worker.log()
     assert "command finished" in log

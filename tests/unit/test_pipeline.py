@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 from pydantic import field_validator
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.api import ApiResponse
 from service.commands import BY_ROUTING_KEY
 from service.delivery import DELAYED_ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, Delivery
 from service.errors import ApiError, RetriesExhausted
-from service.idempotency import MemoryOutcomes
+from service.idempotency import Claim, MemoryOutcomes
+from service.jobs import JobFollower
 from service.messages import CreateWorkspace
+from service.metrics import Metrics
+from service.outages import DependencyDown, Outages
 from service.pipeline import DeliveryPolicy, Pipeline
 from tests.fakes import FakeApi, FakePublisher, bootstrapped
 
@@ -146,3 +150,85 @@ def test_a_crashed_delivery_waits_longer_each_time_up_to_the_ceiling() -> None:
     policy = DeliveryPolicy(crash_backoff=0.5, crash_backoff_max=10.0)
     assert [policy.crash_wait(count) for count in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
     assert policy.crash_wait(10_000) == 10.0
+
+
+class FlakyRedisOutcomes(MemoryOutcomes):
+    """Records in memory, but Redis "does not answer" to the first `claims_failing` claims
+    and to every record."""
+
+    def __init__(self, claims_failing: int = 0, records_fail: bool = False) -> None:
+        super().__init__(ttl=60, lease=5)
+        self.claims_failing = claims_failing
+        self.records_fail = records_fail
+
+    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
+        if self.claims_failing:
+            self.claims_failing -= 1
+            raise RedisConnectionError("Connection refused")
+        return await super().claim(command_id, fresh=fresh)
+
+    async def record(self, command_id: str, token: str, event: bytes) -> None:
+        if self.records_fail:
+            raise RedisConnectionError("Connection refused")
+        await super().record(command_id, token, event)
+
+
+def waiting_pipeline(
+    api: FakeApi, publisher: FakePublisher, outcomes: MemoryOutcomes, pings: list[bool]
+) -> Pipeline:
+    metrics = Metrics(frozenset({"workspace.create"}))
+
+    async def ping() -> bool:
+        return pings.pop(0)
+
+    return Pipeline(
+        api,
+        publisher,
+        outcomes,
+        metrics=metrics,
+        follower=JobFollower(api, publisher, outcomes, schedule=(15.0,)),
+        policy=DeliveryPolicy(retry_delays=()),
+        outages=Outages(metrics, ping, {}, poll_seconds=0.001),
+    )
+
+
+async def test_a_claim_redis_does_not_answer_waits_for_it_and_spends_no_delivery() -> None:
+    api, publisher = FakeApi(created()), FakePublisher()
+    outcomes = FlakyRedisOutcomes(claims_failing=2)
+    pings = [False, False, True, True]
+    worker = waiting_pipeline(api, publisher, outcomes, pings)
+    await worker.handle(SPEC, delivery())  # returns: acked, not nacked
+    assert [event["type"] for event in publisher.published] == ["workspace.created"]
+    assert publisher.dead == []
+    assert len(api.requests) == 1
+
+
+async def test_an_outcome_whose_record_fails_is_published_all_the_same() -> None:
+    api, publisher = FakeApi(created()), FakePublisher()
+    worker = waiting_pipeline(api, publisher, FlakyRedisOutcomes(records_fail=True), [])
+    await worker.handle(SPEC, delivery())
+    assert [event["type"] for event in publisher.published] == ["workspace.created"]
+
+
+async def test_an_open_breaker_makes_the_command_wait_and_try_again() -> None:
+    api, publisher = FakeApi(DependencyDown("api"), created()), FakePublisher()
+    metrics = Metrics(frozenset({"workspace.create"}))
+    waited: list[str] = []
+
+    async def breaker_wait() -> None:
+        waited.append("api")
+
+    outcomes = MemoryOutcomes(ttl=60, lease=5)
+    worker = Pipeline(
+        api,
+        publisher,
+        outcomes,
+        metrics=metrics,
+        follower=JobFollower(api, publisher, outcomes, schedule=(15.0,)),
+        policy=DeliveryPolicy(retry_delays=(10.0,)),
+        outages=Outages(metrics, None, {"api": breaker_wait}),
+    )
+    await worker.handle(SPEC, delivery())
+    assert waited == ["api"]
+    assert publisher.delayed == [], "not parked in a delay queue"
+    assert [event["type"] for event in publisher.published] == ["workspace.created"]

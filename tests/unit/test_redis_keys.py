@@ -56,3 +56,11 @@ def test_every_key_starts_with_the_prefix_and_the_budget_is_tagged_by_it() -> No
         )
     # The tags hold the prefix: two deployments' budgets are not tied to one slot.
     assert key_slot(KEYS.limiter.encode()) != key_slot(other.limiter.encode())
+
+
+def test_each_breaker_has_its_own_key_tagged_by_the_prefix() -> None:
+    api, token = KEYS.breaker("api"), KEYS.breaker("token_endpoint")
+    assert len({api, token, KEYS.limiter}) == 3
+    assert api.startswith("itwin-worker:")
+    assert api.endswith("{itwin-worker}"), "the prefix is the hash tag"
+    assert key_slot(api.encode()) == key_slot(b"itwin-worker")
