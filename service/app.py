@@ -126,7 +126,11 @@ class Worker:
         self.publisher = publisher or BrokerPublisher(self.broker, self.topology)
         self.outcomes = outcomes or self._outcomes()
         self.follower = JobFollower(
-            self.api, self.publisher, self.outcomes, settings.job_poll_schedule
+            self.api,
+            self.publisher,
+            self.outcomes,
+            settings.job_poll_schedule,
+            metrics=self.metrics,
         )
         self.pipeline = Pipeline(
             self.api,
@@ -159,9 +163,10 @@ class Worker:
         buckets = buckets_for(
             settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_per_hour
         )
+        share = settings.poll_min_share
         if self.redis is None:
-            return LocalLimiter(buckets)
-        return RedisLimiter(self.redis.client, self.keys, buckets)
+            return LocalLimiter(buckets, poll_share=share)
+        return RedisLimiter(self.redis.client, self.keys, buckets, poll_share=share)
 
     def _outcomes(self) -> OutcomeStore:
         settings = self.settings

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from service.errors import InvalidCommand
+from service.limiter import Priority
 from service.messages import (
     Command,
     CreateApplication,
@@ -38,6 +39,8 @@ class ApiRequest:
     json: Mapping[str, Any] | None = None
     endpoint: str = ""
     """The path template, for metrics and logs: bounded cardinality, no ids."""
+    priority: Priority = "command"
+    """Its class in the API budget, for every attempt: a job poll waits behind commands."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from service.commands import JOB_PATH, PROGRESS_PATH, ApiRequest
 from service.errors import ApiError, WorkerError
 from service.events import EncodedEvent, failure, success
 from service.idempotency import OutcomeStore, Recorded, claim_when_free
+from service.metrics import Metrics
 
 log = structlog.get_logger("itwin_worker.jobs")
 
@@ -54,6 +55,9 @@ class Poll(BaseModel):
     index: int = 0
     percentage: int | None = None
     step: str | None = None
+    due: float | None = None
+    """When it was meant to run (Unix seconds): the schedule is a minimum, and how far past it
+    the progress call came is the poll lag (polls stretch when the budget is full)."""
 
     @property
     def key(self) -> str:
@@ -106,7 +110,10 @@ class JobFollower:
         outcomes: OutcomeStore,
         schedule: Sequence[float],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._api = api
         self._publisher = publisher
         self._outcomes = outcomes
@@ -127,6 +134,7 @@ class JobFollower:
             job_id=job_id, command_id=command_id, correlation_id=correlation_id, reply_to=reply_to
         )
         await self._schedule_poll(first, None if at_once else self._schedule[0])
+        self._metrics.follows_started.inc()
 
     async def poll(self, body: bytes) -> None:
         try:
@@ -166,19 +174,26 @@ class JobFollower:
         if decision.terminal is not None:
             terminal = EncodedEvent.parse(decision.terminal.encode())
             await self._publisher.publish(terminal, poll.reply_to)
+            self._metrics.follows_ended.labels(terminal.type).inc()
             log.info("job followed to its end", event_type=terminal.type)
         if decision.next is not None:
             await self._schedule_poll(decision.next, decision.delay)
 
     async def _schedule_poll(self, poll: Poll, delay: float | None) -> None:
-        await self._publisher.schedule_poll(poll.model_dump_json().encode(), poll.key, delay)
+        due = self._now().timestamp() + (delay or 0.0)
+        body = poll.model_copy(update={"due": due}).model_dump_json().encode()
+        await self._publisher.schedule_poll(body, poll.key, delay)
 
     async def _decide(self, poll: Poll) -> PollDecision:
         """Look at the job once; say which events to publish and when to look again."""
         progress_event: str | None = None
         path = PROGRESS_PATH.format(jobId=poll.job_id)
         try:
-            response = await self._api.send(ApiRequest("GET", path, None, PROGRESS_PATH))
+            response = await self._api.send(
+                ApiRequest("GET", path, None, PROGRESS_PATH, priority="poll")
+            )
+            if poll.due is not None:
+                self._metrics.poll_lag.observe(max(self._now().timestamp() - poll.due, 0.0))
             progress = _progress(response)
             changed = (progress["percentage"], progress["step"]) != (poll.percentage, poll.step)
             if changed:
@@ -187,7 +202,9 @@ class JobFollower:
                 )
             if progress["state"] == "Over":
                 job = await self._api.send(
-                    ApiRequest("GET", JOB_PATH.format(jobId=poll.job_id), None, JOB_PATH)
+                    ApiRequest(
+                        "GET", JOB_PATH.format(jobId=poll.job_id), None, JOB_PATH, priority="poll"
+                    )
                 )
                 terminal = TERMINAL_EVENTS.get(str(job.document.get("job", {}).get("state")))
                 if terminal is not None:

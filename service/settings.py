@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     job_poll_schedule: Annotated[list[PositiveFloat], NoDecode] = [15.0, 30.0, 60.0, 120.0]
+    """The shortest intervals between a job's progress polls; they stretch when the budget is
+    full (docs/budget.md)."""
+    poll_min_share: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Share of the API budget job polls keep while commands wait (commands go first
+    otherwise), so following never stops under a constant command backlog."""
 
     command_exchange: str = "itwin.commands"
     event_exchange: str = "itwin.events"
