@@ -72,7 +72,8 @@ async def test_script_matches_the_pure_arithmetic(store: tuple[RedisClient, Redi
         assert wait == pytest.approx(expected - clock.now, abs=2e-6)
         remaining, _, _ = await limiter._run("check")
         assert remaining == pytest.approx(max(state.paused_until - clock.now, 0.0), abs=2e-6)
-    stored = await client.hget(keys.limiter, "holes")  # type: ignore[misc]
+    stored = await client.hget(keys.limiter, "holes")
+    assert isinstance(stored, bytes)
     assert [float(t) for t in stored.split()] == pytest.approx(state.holes, abs=2e-6)
     assert granted > 0
 
