@@ -24,7 +24,8 @@ Figures, per run:
   bucket's r·W + b); a window above it is a failure (exit status 1). A run shorter than 60 s
   has one 60 s window: the whole run.
 - poll lag max / p95: how far past its schedule each job's next poll came (gap between two
-  polls of a job, less the schedule), over all jobs: the stretch when the budget is full.
+  polls of a job, less the schedule; the first gap from the start of the run, the last until
+  its end), over all jobs: the stretch when the budget is full.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ class Options:
 class Result:
     tier: Tier
     replicas: int
+    start: float
     duration: float
+    job_ids: list[str]
     command_waits: list[float]
     commands_published: int
     poll_times: dict[str, list[float]]
@@ -105,11 +108,14 @@ class Result:
         return sum(len(times) for times in self.poll_times.values())
 
     def lags(self) -> list[float]:
-        return [
-            max(b - a - self.tier.schedule, 0.0)
-            for times in self.poll_times.values()
-            for a, b in itertools.pairwise(times)
-        ]
+        """Each gap between two polls of a job, less the schedule; and each job's open gap at
+        the end (from its last poll, or the start, until the end): a lower bound of its next
+        poll's lag, so a job the budget no longer reaches shows too."""
+        lags = []
+        for job_id in self.job_ids:
+            times = [self.start, *self.poll_times.get(job_id, []), self.start + self.duration]
+            lags += [max(b - a - self.tier.schedule, 0.0) for a, b in itertools.pairwise(times)]
+        return lags
 
 
 def percentile(values: Sequence[float], share: float) -> float:
@@ -150,28 +156,29 @@ async def run(
         redis_prefix=f"{prefix}:{label}:setup", **common,
     )  # fmt: skip
     setup = spawn_worker(setup_settings, workdir / f"setup-{label}.log")
-    async with Producer(amqp_url, setup_settings.command_exchange) as producer:
-        with stopping([setup]):
-            await setup.ready()
+    with stopping([setup]):
+        await setup.ready()  # it declares the exchanges and queues
+        async with Producer(amqp_url, setup_settings.command_exchange) as producer:
             async with asyncio.timeout(120):
                 job_ids = await create_jobs(producer, tier.jobs)
-        progress(f"{label}: {len(job_ids)} jobs followed; starting {replicas} workers")
-        overrides = {
-            "rate_limit_per_second": tier.rate,
-            "rate_limit_burst": tier.burst,
-            "rate_limit_per_hour": tier.per_hour,
-            "redis_prefix": f"{prefix}:{label}",
-            **common,
-        }
-        workers = [
-            spawn_worker(
-                worker_settings(amqp_url, simulator, **overrides),
-                workdir / f"worker-{label}-{i}.log",
-            )
-            for i in range(replicas)
-        ]
-        with stopping(workers):
-            await asyncio.gather(*(worker.ready() for worker in workers))
+    progress(f"{label}: {len(job_ids)} jobs followed; starting {replicas} workers")
+    overrides = {
+        "rate_limit_per_second": tier.rate,
+        "rate_limit_burst": tier.burst,
+        "rate_limit_per_hour": tier.per_hour,
+        "redis_prefix": f"{prefix}:{label}",
+        **common,
+    }
+    workers = [
+        spawn_worker(
+            worker_settings(amqp_url, simulator, **overrides),
+            workdir / f"worker-{label}-{i}.log",
+        )
+        for i in range(replicas)
+    ]
+    with stopping(workers):
+        await asyncio.gather(*(worker.ready() for worker in workers))
+        async with Producer(amqp_url, setup_settings.command_exchange) as producer:
             simulator.clear_requests()
             start = time.time()
             published: dict[str, list[float]] = defaultdict(list)
@@ -203,7 +210,10 @@ async def run(
         for job_id, sent_times in published.items()
         for sent, called in zip(sent_times, sorted(calls[job_id]), strict=False)
     ]
-    return Result(tier, replicas, options.duration, waits, len(ids), polls, [t for t, _, _ in log])
+    arrivals = [t for t, _, _ in log]
+    return Result(
+        tier, replicas, start, options.duration, job_ids, waits, len(ids), polls, arrivals
+    )
 
 
 def report(results: Sequence[Result]) -> bool:
