@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, FiniteFloat, ValidationError
 
 from service.api import ApiResponse
 from service.commands import JOB_PATH, PROGRESS_PATH, ApiRequest
@@ -55,7 +55,7 @@ class Poll(BaseModel):
     index: int = 0
     percentage: int | None = None
     step: str | None = None
-    due: float | None = None
+    due: FiniteFloat | None = None
     """When it was meant to run (Unix seconds): the schedule is a minimum, and how far past it
     the progress call came is the poll lag (polls stretch when the budget is full)."""
 
