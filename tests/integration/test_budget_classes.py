@@ -17,11 +17,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import aio_pika
 import pytest
 
 from service.producer import Producer
-from service.simulator import SimulatorHandle
-from tests.integration.conftest import REDIS_URL, SpawnWorkers
+from service.settings import Settings
+from service.simulator import RecordedRequest, SimulatorHandle
+from tests.integration.conftest import REDIS_URL, SpawnWorkers, worker_settings
 
 pytestmark = pytest.mark.slow
 
@@ -65,9 +67,22 @@ async def create_jobs(producer: Producer, count: int) -> list[str]:
     return [(await producer.event_for(i))["result"]["id"] for i in ids]
 
 
-def progress_polls(sim: SimulatorHandle) -> dict[str, list[float]]:
+async def forget_followed_jobs(settings: Settings) -> None:
+    """Drop every poll (waiting, or parked in the delay queue): the jobs still run, and the
+    session's next test must not see their polls."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(settings.delay_queue(SCHEDULE))
+        poll_queue = await channel.get_queue(settings.poll_queue, ensure=True)
+        await poll_queue.purge()
+
+
+def progress_polls(
+    sim: SimulatorHandle, requests: Sequence[RecordedRequest] | None = None
+) -> dict[str, list[float]]:
     polls: dict[str, list[float]] = defaultdict(list)
-    for request in sim.requests(kind="api"):
+    for request in sim.requests(kind="api") if requests is None else requests:
         if request.path.endswith("/progress"):
             polls[request.path.split("/")[-2]].append(request.t)
     return polls
@@ -77,7 +92,7 @@ async def test_commands_go_first_and_polls_take_what_they_leave(
     amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_prefix: str
 ) -> None:
     sim.configure(time_scale=5.0)  # the simulated 60 s job takes 300 s: it outlives the test
-    await spawn_workers(
+    workers = await spawn_workers(
         2,
         rate_limit_per_second=RATE,
         rate_limit_burst=BURST,
@@ -105,8 +120,11 @@ async def test_commands_go_first_and_polls_take_what_they_leave(
         await asyncio.sleep(max(end - time.time(), 0.0))
         async with asyncio.timeout(30):
             events = [await producer.event_for(command_id) for command_id in command_ids]
-    assert {event["type"] for event in events} == {"job.retrieved"}
     requests = sim.requests(kind="api")
+    for worker in workers:
+        worker.stop()  # the polls they held go back to the queue, to be dropped
+    await forget_followed_jobs(worker_settings(amqp_url, sim, job_poll_schedule=[SCHEDULE]))
+    assert {event["type"] for event in events} == {"job.retrieved"}
 
     called = {
         r.path.split("/")[-1]: r.t
@@ -126,7 +144,7 @@ async def test_commands_go_first_and_polls_take_what_they_leave(
     left = RATE * (end - start) - command_calls
     assert poll_calls >= POLL_USE * left, (poll_calls, left)
 
-    for job_id, times in progress_polls(sim).items():
+    for job_id, times in progress_polls(sim, requests).items():
         seen = [t for t in times if start <= t < end]
         gaps = [b - a for a, b in itertools.pairwise([start, *seen, end])]
         assert max(gaps) <= POLL_EVERY, (job_id, max(gaps))
