@@ -285,9 +285,20 @@ class Simulator:
         self._admin.post("/reset").raise_for_status()
         self._admin.patch("/config", json={"latency_ms": latency_ms}).raise_for_status()
 
-    def configure(self, **config: Any) -> None:
-        """Change the simulator's configuration (faults: `error_rate`, `error_statuses`, ...)."""
-        self._admin.patch("/config", json=config).raise_for_status()
+    def configure(self, **fields: Any) -> None:
+        """Change the simulator's knobs live (`time_scale`, `job_duration_seconds`, ...)."""
+        self._admin.patch("/config", json=fields).raise_for_status()
+
+    def clear_requests(self) -> None:
+        """Empty the request log, keeping every object (workspaces, jobs)."""
+        self._admin.delete("/requests").raise_for_status()
+
+    def request_log(self, kind: str = "api") -> list[tuple[float, str, str]]:
+        """(arrival time, method, path) of each logged request."""
+        response = self._admin.get("/requests", params={"kind": kind})
+        response.raise_for_status()
+        entries = response.json()["requests"]
+        return [(float(entry["t"]), entry["method"], entry["path"]) for entry in entries]
 
     def requests(self, kind: str = "api") -> list[tuple[float, int | None]]:
         """(arrival time as the simulator's `time.time()`, HTTP status) of each logged request."""

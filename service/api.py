@@ -190,8 +190,14 @@ class ApiClient:
 
     async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
         metrics, tracing = self._metrics, self._tracing
-        with tracing.span("budget wait"):
-            metrics.limiter_wait.observe(await self._limiter.acquire())
+        waiting = metrics.limiter_waiting.labels(request.priority)
+        waiting.inc()
+        try:
+            with tracing.span("budget wait"):
+                metrics.limiter_wait.observe(await self._limiter.acquire(request.priority))
+        finally:
+            waiting.dec()
+        metrics.budget_used.labels(request.priority).inc()
         # After the wait: the token is fresh when the request leaves. A fetch here delays
         # this one send; it happens once per token lifetime for the whole process.
         token = await self._tokens.token()

@@ -155,6 +155,7 @@ class Worker:
             self.outcomes,
             settings.job_poll_schedule,
             tracing=self.tracing,
+            metrics=self.metrics,
         )
         self.pipeline = Pipeline(
             self.api,
@@ -202,9 +203,10 @@ class Worker:
         buckets = buckets_for(
             settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_per_hour
         )
+        share = settings.poll_min_share
         if self.redis is None:
-            return LocalLimiter(buckets)
-        return RedisLimiter(self.redis.client, self.keys, buckets)
+            return LocalLimiter(buckets, poll_share=share)
+        return RedisLimiter(self.redis.client, self.keys, buckets, poll_share=share)
 
     def _outcomes(self) -> OutcomeStore:
         settings = self.settings

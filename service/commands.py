@@ -17,6 +17,7 @@ import httpx
 from pydantic import ValidationError
 
 from service.errors import IDEMPOTENT_METHODS, InvalidCommand
+from service.limiter import Priority
 from service.messages import (
     ApplicationRef,
     Command,
@@ -68,6 +69,8 @@ class ApiRequest:
     """Query parameters, raw: the client percent-encodes them (never string-concatenated)."""
     repeatable: bool | None = None
     """Whether repeating the request after a lost answer is safe; None: as its method says."""
+    priority: Priority = "command"
+    """Its class in the API budget, for every attempt: a job poll waits behind commands."""
 
     @property
     def safe_to_repeat(self) -> bool:

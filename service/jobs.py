@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from service.api import ApiResponse
 from service.commands import JOB_PATH, PROGRESS_PATH, ApiRequest
 from service.errors import ApiError, WorkerError
 from service.events import EncodedEvent, failure, success
 from service.idempotency import OutcomeStore, Recorded, claim_when_free
+from service.metrics import Metrics
 from service.tracing import Tracing, carrier, link_to
 
 log = structlog.get_logger("itwin_worker.jobs")
@@ -58,6 +59,9 @@ class Poll(BaseModel):
     trace: dict[str, str] = Field(default_factory=dict, max_length=2)
     """`traceparent` (and `tracestate`) of the command that started the following: each poll's
     span links to it."""
+    due: FiniteFloat | None = None
+    """When it was meant to run (Unix seconds): the schedule is a minimum, and how far past it
+    the progress call came is the poll lag (polls stretch when the budget is full)."""
 
     @property
     def key(self) -> str:
@@ -112,8 +116,10 @@ class JobFollower:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._tracing = tracing or Tracing()
+        self._metrics = metrics or Metrics()
         self._api = api
         self._publisher = publisher
         self._outcomes = outcomes
@@ -138,6 +144,7 @@ class JobFollower:
             trace=carrier(),
         )
         await self._schedule_poll(first, None if at_once else self._schedule[0])
+        self._metrics.follows_started.inc()
 
     async def poll(self, body: bytes) -> None:
         try:
@@ -180,19 +187,26 @@ class JobFollower:
         if decision.terminal is not None:
             terminal = EncodedEvent.parse(decision.terminal.encode())
             await self._publisher.publish(terminal, poll.reply_to)
+            self._metrics.follows_ended.labels(terminal.type).inc()
             log.info("job followed to its end", event_type=terminal.type)
         if decision.next is not None:
             await self._schedule_poll(decision.next, decision.delay)
 
     async def _schedule_poll(self, poll: Poll, delay: float | None) -> None:
-        await self._publisher.schedule_poll(poll.model_dump_json().encode(), poll.key, delay)
+        due = self._now().timestamp() + (delay or 0.0)
+        body = poll.model_copy(update={"due": due}).model_dump_json().encode()
+        await self._publisher.schedule_poll(body, poll.key, delay)
 
     async def _decide(self, poll: Poll) -> PollDecision:
         """Look at the job once; say which events to publish and when to look again."""
         progress_event: str | None = None
         path = PROGRESS_PATH.format(jobId=poll.job_id)
         try:
-            response = await self._api.send(ApiRequest("GET", path, None, PROGRESS_PATH))
+            response = await self._api.send(
+                ApiRequest("GET", path, None, PROGRESS_PATH, priority="poll")
+            )
+            if poll.due is not None:
+                self._metrics.poll_lag.observe(max(self._now().timestamp() - poll.due, 0.0))
             progress = _progress(response)
             changed = (progress["percentage"], progress["step"]) != (poll.percentage, poll.step)
             if changed:
@@ -201,7 +215,9 @@ class JobFollower:
                 )
             if progress["state"] == "Over":
                 job = await self._api.send(
-                    ApiRequest("GET", JOB_PATH.format(jobId=poll.job_id), None, JOB_PATH)
+                    ApiRequest(
+                        "GET", JOB_PATH.format(jobId=poll.job_id), None, JOB_PATH, priority="poll"
+                    )
                 )
                 terminal = TERMINAL_EVENTS.get(str(job.document.get("job", {}).get("state")))
                 if terminal is not None:

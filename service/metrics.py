@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from service.limiter import PRIORITIES
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -52,6 +54,40 @@ class Metrics:
             buckets=_WAIT_BUCKETS,
             registry=registry,
         )
+        self.limiter_waiting = Gauge(
+            "itwin_worker_limiter_waiting",
+            "Calls of this process waiting for the API budget, by class: command or poll.",
+            ["class"],
+            registry=registry,
+        )
+        self.budget_used = Counter(
+            "itwin_worker_budget_used_total",
+            "API calls that took a slot of the budget (each attempt), by class: command or poll.",
+            ["class"],
+            registry=registry,
+        )
+        self.poll_lag = Histogram(
+            "itwin_worker_job_poll_lag_seconds",
+            "How late a job poll's progress call came after its scheduled time: the stretch "
+            "when the budget cannot poll every followed job on schedule.",
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.follows_started = Counter(
+            "itwin_worker_job_follows_started_total",
+            "Jobs this process started following; followed jobs now, across the fleet: "
+            "sum(started) - sum(ended).",
+            registry=registry,
+        )
+        self.follows_ended = Counter(
+            "itwin_worker_job_follows_ended_total",
+            "Followed jobs whose following ended (terminal event published), by event type.",
+            ["event"],
+            registry=registry,
+        )
+        for priority in PRIORITIES:
+            self.limiter_waiting.labels(priority)
+            self.budget_used.labels(priority)
         self.retries = Counter(
             "itwin_worker_api_retries_total",
             "API calls repeated, by reason: transient, rate_limited, token_refresh.",

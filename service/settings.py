@@ -128,8 +128,11 @@ class Settings(BaseSettings):
     otel_service_name: str = Field(default="itwin-worker", validation_alias="OTEL_SERVICE_NAME")
     """The `service.name` of the worker's spans."""
     job_poll_schedule: Annotated[list[PositiveFloat], NoDecode] = [15.0, 30.0, 60.0, 120.0]
-    """Seconds between job progress polls, comma-separated: the next interval moves along the
-    list while nothing changes (the last repeats) and restarts when the percentage changes."""
+    """The shortest intervals between a job's progress polls; they stretch when the budget is
+    full (docs/budget.md)."""
+    poll_min_share: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Share of the API budget job polls keep while commands wait (commands go first
+    otherwise), so following never stops under a constant command backlog."""
 
     command_exchange: str = "itwin.commands"
     """Where producers publish commands (topic)."""

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
 from service.idempotency import Busy, Leased, Recorded, RedisOutcomes
-from service.limiter import Bucket, RedisLimiter, State, pause, reserve
+from service.limiter import Bucket, RedisLimiter, State, pause, reserve, take
 from service.redis_connection import RedisClient, connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import load_settings
@@ -41,24 +41,41 @@ async def store(redis_settings: dict[str, Any]) -> AsyncIterator[tuple[RedisClie
 
 
 async def test_script_matches_the_pure_arithmetic(store: tuple[RedisClient, RedisKeys]) -> None:
+    """Commands, polls (with the share the commands leave them: holes) and pauses."""
     client, keys = store
     buckets = (Bucket(rate=20, burst=5), Bucket(rate=0.5, burst=40))
     clock = Clock()
-    limiter = RedisLimiter(client, keys, buckets, clock=clock)
+    share = 0.25
+    limiter = RedisLimiter(client, keys, buckets, clock=clock, poll_share=share)
+    lateness = limiter._lateness_allowed
     state = State.empty(buckets)
     rng = random.Random(7)
-    for _ in range(300):
-        clock.now += rng.choice([0.0, 0.0, 0.01, 0.2, 1.5])
-        if rng.random() < 0.05:
+    granted = 0
+    for _ in range(400):
+        clock.now += rng.choice([0.0, 0.0, 0.01, 0.03, 0.2, 1.5])
+        roll = rng.random()
+        if roll < 0.05:
             seconds = rng.uniform(0, 3)
             await limiter.pause(seconds)
             state = pause(buckets, state, clock.now + seconds)
             continue
-        expected, state = reserve(buckets, state, clock.now)
+        if roll < 0.5:
+            expected_wait, state = take(buckets, state, clock.now, lateness)
+            wait = await limiter._take()
+            assert (wait is None) == (expected_wait == 0)
+            granted += wait is None
+            if wait is not None:
+                assert wait == pytest.approx(expected_wait, abs=2e-6)
+            continue
+        expected, state = reserve(buckets, state, clock.now, share)
         wait, _ = await limiter._reserve()
         assert wait == pytest.approx(expected - clock.now, abs=2e-6)
-        remaining, _ = await limiter._run("check")
+        remaining, _, _ = await limiter._run("check")
         assert remaining == pytest.approx(max(state.paused_until - clock.now, 0.0), abs=2e-6)
+    stored = await client.hget(keys.limiter, "holes")
+    assert isinstance(stored, bytes)
+    assert [float(t) for t in stored.split()] == pytest.approx(state.holes, abs=2e-6)
+    assert granted > 0
 
 
 async def test_a_new_epoch_spends_the_burst_and_voids_the_old_epochs_slots(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
 from service.commands import ApiRequest
 from service.errors import ApiError, OutcomeUnknown, RetriesExhausted, Unauthorized
-from service.limiter import LocalLimiter, buckets_for
+from service.limiter import LocalLimiter, Priority, buckets_for
 from service.metrics import Metrics
 
 POST = ApiRequest("POST", "/contextcapture/workspaces", {"name": "w"}, "workspaces")
@@ -222,3 +223,43 @@ async def test_no_token_means_no_call() -> None:
     with pytest.raises(Unauthorized):
         await api.send(POST)
     assert seen == []
+
+
+class RecordingLimiter(LocalLimiter):
+    """The local limiter, noting the class of every slot asked for."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(buckets_for(10.0, 1), clock=clock, sleep=clock.sleep)
+        self.asked: list[Priority] = []
+
+    async def acquire(self, priority: Priority = "command") -> float:
+        self.asked.append(priority)
+        return await super().acquire(priority)
+
+
+@pytest.mark.parametrize("priority", ["command", "poll"])
+async def test_every_attempt_keeps_the_requests_class(priority: Priority) -> None:
+    clock = Clock()
+    limiter = RecordingLimiter(clock)
+    metrics = Metrics(frozenset())
+    handle, seen = answers(error(503, "Busy"), error(503, "Busy"), httpx.Response(200, json={}))
+    api = ApiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        TokenProvider(
+            httpx.AsyncClient(transport=httpx.MockTransport(Identity())),
+            ClientCredentials("https://ims.example/token", "id", SecretStr("secret"), "scope"),
+            clock=clock,
+        ),
+        limiter,
+        RetryPolicy(attempts=3, initial=0.0001, maximum=0.0001),
+        base_url="https://api.example",
+        metrics=metrics,
+    )
+    await api.send(replace(GET, priority=priority))
+    assert len(seen) == 3
+    assert limiter.asked == [priority] * 3
+    used = metrics.registry.get_sample_value
+    assert used("itwin_worker_budget_used_total", {"class": priority}) == 3
+    other = "poll" if priority == "command" else "command"
+    assert used("itwin_worker_budget_used_total", {"class": other}) == 0
+    assert used("itwin_worker_limiter_waiting", {"class": priority}) == 0

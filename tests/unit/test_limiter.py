@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import heapq
+import itertools
 import random
+from collections.abc import Awaitable
+from dataclasses import replace
 
 import pytest
 
 from service.limiter import (
+    POLL_RETURN_GRACE_SECONDS,
     Bucket,
     LocalLimiter,
+    Priority,
     State,
     buckets_for,
     pause,
     reserve,
+    take,
 )
 
 
@@ -176,3 +184,220 @@ async def test_a_starved_process_is_let_through_after_a_few_new_slots() -> None:
     waited = await limiter.acquire()
     # Allowed lateness 10, 20, 40, 80 ms: the fourth slot is taken, 4 round trips later.
     assert waited == pytest.approx(0.2)
+
+
+# Two classes in one budget: commands reserve, polls take only what is free now.
+
+
+def simulate(
+    buckets: tuple[Bucket, ...],
+    share: float,
+    commands: int,
+    polls: int,
+    until: float,
+    lateness: float = 0.01,
+) -> tuple[list[float], list[float]]:
+    """`commands` callers that each reserve again as soon as their slot comes (a constant
+    command backlog), and `polls` pollers that take again at once after a start and come back
+    when told: the command and poll start times until `until`."""
+    state = State.empty(buckets)
+    events: list[tuple[float, int, str]] = [(0.0, i, "command") for i in range(commands)]
+    events += [(0.0, commands + i, "poll") for i in range(polls)]
+    heapq.heapify(events)
+    starts: dict[str, list[float]] = {"command": [], "poll": []}
+    while events:
+        now, caller, kind = heapq.heappop(events)
+        if now > until:
+            break
+        if kind == "command":
+            start, state = reserve(buckets, state, now, share)
+            if start > now:
+                heapq.heappush(events, (start, caller, "command-start"))
+                continue
+            kind = "command-start"
+        if kind == "command-start":
+            starts["command"].append(now)
+            heapq.heappush(events, (now, caller, "command"))
+            continue
+        wait, state = take(buckets, state, now, lateness)
+        if wait == 0:
+            starts["poll"].append(now)
+        heapq.heappush(events, (now + wait, caller, "poll"))
+    return starts["command"], starts["poll"]
+
+
+def test_only_polls_use_the_whole_budget() -> None:
+    _, polls = simulate((Bucket(rate=20, burst=5),), 0.1, commands=0, polls=3, until=30.0)
+    assert len(polls) == pytest.approx(20 * 30 + 5, abs=2)
+
+
+def test_only_commands_use_the_whole_budget_and_owe_nothing() -> None:
+    commands, _ = simulate((Bucket(rate=20, burst=5),), 0.1, commands=8, polls=0, until=30.0)
+    assert len(commands) == pytest.approx(20 * 30 + 5, abs=2)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25, 0.5])
+def test_under_a_command_backlog_polls_keep_their_share(share: float) -> None:
+    buckets = (Bucket(rate=20, burst=5),)
+    commands, polls = simulate(buckets, share, commands=8, polls=2, until=60.0)
+    total = len(commands) + len(polls)
+    assert total <= 20 * 60 + 5
+    assert total >= 20 * 60 * 0.99, "the budget is used"
+    assert len(polls) / total == pytest.approx(share, abs=0.01)
+    assert max(b - a for a, b in itertools.pairwise(polls)) <= 1.1 / (20 * share)
+
+
+def test_without_a_share_commands_take_everything_while_they_wait() -> None:
+    commands, polls = simulate((Bucket(rate=20, burst=5),), 0.0, commands=8, polls=2, until=30)
+    assert polls == []
+    assert len(commands) == pytest.approx(20 * 30 + 5, abs=2)
+
+
+def test_a_refused_poll_holds_nothing_and_never_delays_a_command() -> None:
+    buckets = (Bucket(rate=10, burst=1),)
+    state = State.empty(buckets)
+    starts = []
+    for _ in range(3):
+        start, state = reserve(buckets, state, 0.0, 0.1)
+        starts.append(start)
+    wait, after = take(buckets, state, 0.0, lateness=0.05)
+    assert wait == pytest.approx(0.3), "back when the commands' reservations end"
+    assert after.tats == state.tats, "no slot reserved for the poll"
+    assert after.polls_until == pytest.approx(0.3 + POLL_RETURN_GRACE_SECONDS)
+    start, _ = reserve(buckets, after, 0.0, 0.0)
+    assert start == pytest.approx(0.3), "the next command goes before the waiting poll"
+
+
+def test_a_poll_takes_a_slot_only_when_it_is_free_now() -> None:
+    buckets = (Bucket(rate=10, burst=2),)
+    state = State.empty(buckets)
+    for expected in (0.0, 0.0):
+        wait, state = take(buckets, state, 1.0, lateness=0.05)
+        assert wait == expected, "the burst is free now"
+    wait, state = take(buckets, state, 1.0, lateness=0.05)
+    assert wait == pytest.approx(0.1)
+    assert take(buckets, state, 1.1, lateness=0.05)[0] == 0.0
+
+
+def test_holes_follow_the_commands_and_late_ones_are_dropped() -> None:
+    buckets = (Bucket(rate=10, burst=1),)
+    # A poll waits (it will be back by 10.5): one command in 1 / (1 - 0.5) owes a hole.
+    state = replace(State.empty(buckets), polls_until=10.5)
+    start, state = reserve(buckets, state, 10.0, 0.5)
+    assert start == 10.0
+    assert state.holes == pytest.approx((10.1,))
+    start, state = reserve(buckets, state, 10.0, 0.5)
+    assert start == pytest.approx(10.2), "the hole is the polls' slot"
+    assert state.holes == pytest.approx((10.1, 10.3))
+    assert take(buckets, state, 10.05, lateness=0.05)[0] == pytest.approx(0.05)
+    wait, taken = take(buckets, state, 10.12, lateness=0.05)
+    assert wait == 0.0
+    assert taken.holes == pytest.approx((10.3,))
+    wait, missed = take(buckets, state, 10.2, lateness=0.05)
+    assert wait == pytest.approx(0.1), "the first hole is past: dropped, not taken"
+    assert missed.holes == pytest.approx((10.3,))
+
+
+def test_no_poll_is_owed_once_the_polls_stop_waiting() -> None:
+    buckets = (Bucket(rate=10, burst=1),)
+    state = replace(State.empty(buckets), polls_until=5.0)
+    for _ in range(20):
+        _, state = reserve(buckets, state, 6.0, 0.5)
+    assert (state.holes, state.owed) == ((), 0.0)
+
+
+def test_a_pause_voids_the_holes_in_it_and_holds_the_polls() -> None:
+    buckets = (Bucket(rate=10, burst=1),)
+    state = State(tats=(0.0,), holes=(1.0, 5.0))
+    state = pause(buckets, state, until=3.0)
+    assert state.holes == (5.0,)
+    assert take(buckets, state, 1.0, lateness=0.05)[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_commands_polls_and_holes_together_keep_every_window(seed: int) -> None:
+    rng = random.Random(seed)
+    buckets = buckets_for(20.0, 5, per_hour=2000)
+    share = rng.choice([0.1, 0.3, 0.6])
+    state = State.empty(buckets)
+    starts: list[float] = []
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice([0.0, 0.005, 0.02, 0.1])
+        if rng.random() < 0.3:
+            start, state = reserve(buckets, state, now, share)
+            starts.append(start)
+        else:
+            holes_before = state.holes
+            wait, state = take(buckets, state, now, lateness=0.025)
+            if wait == 0:
+                starts.append(now)
+            assert len(state.holes) <= len(holes_before)
+    starts += state.holes  # reserved for polls: count them as started
+    for window in (1.0, 10.0, 60.0):
+        assert max_in_window(starts, window) <= 20 * window + 5
+    assert max_in_window(starts, 3600.0) <= 2000
+
+
+async def test_polls_of_one_process_go_one_at_a_time_in_arrival_order() -> None:
+    clock = FakeClock()
+    limiter = LocalLimiter((Bucket(rate=4, burst=1),), clock=clock, sleep=clock.sleep)
+    await limiter.acquire()  # a command spends the only token
+    order: list[int] = []
+
+    async def poll(number: int) -> None:
+        await limiter.acquire("poll")
+        order.append(number)
+
+    await asyncio.gather(*(poll(number) for number in range(5)))
+    assert order == [0, 1, 2, 3, 4]
+    assert clock.now == pytest.approx(100.0 + 5 * 0.25)
+    assert clock.sleeps == pytest.approx([0.25] * 5), "one sleep per poll: no busy asking"
+
+
+class SteppedClock:
+    """Time that moves to the next sleeper's wake once every task is blocked: concurrent
+    callers on a fake clock."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        woken = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), woken))
+        await woken
+
+    async def run(self, *calls: Awaitable[None]) -> None:
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        while not all(task.done() for task in tasks):
+            for _ in range(20):
+                await asyncio.sleep(0)
+            if self._sleepers:
+                wake, _, woken = heapq.heappop(self._sleepers)
+                self.now = max(self.now, wake)
+                woken.set_result(None)
+        for task in tasks:
+            task.result()
+
+
+async def test_a_command_goes_before_polls_already_waiting() -> None:
+    clock = SteppedClock()
+    limiter = LocalLimiter((Bucket(rate=4, burst=1),), clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    started: list[tuple[str, float]] = []
+
+    async def call(priority: Priority, after: float = 0.0) -> None:
+        if after:
+            await clock.sleep(after)
+        await limiter.acquire(priority)
+        started.append((priority, clock.now))
+
+    # The polls wait from 100.0; the command comes at 100.1, before the next slot.
+    await clock.run(*(call("poll") for _ in range(3)), call("command", after=0.1))
+    assert [kind for kind, _ in started] == ["command", "poll", "poll", "poll"]
+    assert [at for _, at in started] == pytest.approx([100.25, 100.5, 100.75, 101.0])
