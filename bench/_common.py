@@ -13,7 +13,6 @@ import bisect
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from service.producer import Producer
 from service.settings import Settings, load_settings
 from service.simulator import SimulatorConfig
 from service.topology import Topology
+from tests import support
+from tests.support import free_port, rabbitmqctl
 
 AMQP_BASE = os.environ.get("ITWIN_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 REDIS_URL = os.environ.get("ITWIN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -66,24 +67,17 @@ def terminate_on_sigterm() -> None:
 # --- isolation -----------------------------------------------------------------------------
 
 
-def _rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
-    )
-    return done.stdout
-
-
 @contextlib.contextmanager
 def bench_vhost() -> Iterator[str]:
     """A fresh vhost for this run; yields its AMQP URL and deletes the vhost afterwards."""
     vhost = random_name()
-    _rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("add_vhost", vhost)
     progress(f"created vhost {vhost}")
     try:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"{AMQP_BASE}/{vhost}"
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        rabbitmqctl("delete_vhost", vhost)
         progress(f"deleted vhost {vhost}")
 
 
@@ -106,7 +100,7 @@ async def bench_redis_prefix() -> AsyncIterator[tuple[str, Redis]]:
 def broker_pid() -> int | None:
     """The RabbitMQ node's OS pid (to read its CPU time), or None if rabbitmqctl cannot say."""
     try:
-        return int(_rabbitmqctl("eval", "os:getpid().").strip().strip('"'))
+        return int(rabbitmqctl("eval", "os:getpid().").strip().strip('"'))
     except (subprocess.SubprocessError, ValueError, OSError):
         return None
 
@@ -153,13 +147,6 @@ def status_mib(pid: int, key: str) -> float:
 
 
 # --- processes -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def clean_environment() -> dict[str, str]:
@@ -329,17 +316,9 @@ def worker_settings(amqp_url: str, simulator: Simulator, **overrides: Any) -> Se
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
-    """The environment that gives `itwin-worker run` exactly these settings."""
-    environment = clean_environment()
-    for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
-            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            # OpenTelemetry's variables keep their standard names (no prefix).
-            prefix = "" if name.startswith("otel_") else "ITWIN_WORKER_"
-            environment[f"{prefix}{name.upper()}"] = text
-    if settings.client_secret is not None:
-        environment["ITWIN_WORKER_CLIENT_SECRET"] = settings.client_secret.get_secret_value()
-    return environment
+    """The environment that gives `itwin-worker run` exactly these settings, with the bench's
+    bytecode cache (`clean_environment`)."""
+    return support.worker_environment(settings, clean_environment())
 
 
 def spawn_worker(

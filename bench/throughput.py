@@ -75,7 +75,6 @@ from bench._common import (
     clean_environment,
     cpu_seconds,
     declare_topology,
-    free_port,
     progress,
     publish_backlog,
     purge_queue,
@@ -90,6 +89,7 @@ from bench._variants import Config
 from bench.otlp_sink import READY as OTLP_READY
 from service.producer import Producer
 from service.settings import Settings
+from tests.support import free_port
 
 VARIANTS = ("a", "b", "c", "d")
 TRACED = "t"

@@ -6,193 +6,28 @@ prefix (deleted afterwards), so runs never see each other's queues or keys, nor 
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from service.app import Worker
 from service.producer import Producer
-from service.settings import Settings, load_settings
 from service.simulator import SimulatorConfig, SimulatorHandle, running_simulator
-
-AMQP_BASE = os.environ.get("ITWIN_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
-REDIS_URL = os.environ.get("ITWIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster's node-to-node port is the client port + 10 000
-
-
-def free_port(*, with_bus: bool = False) -> int:
-    """A local TCP port nobody listens on (bound and released at once); `with_bus`: its Redis
-    Cluster bus port too."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if not with_bus:
-            return port
-        if port + CLUSTER_BUS_OFFSET < 65536:
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
-                except OSError:
-                    continue
-            return port
-
-
-# Redis servers a test starts for itself: a plain one, a replica, sentinels, a cluster. Each is
-# a `redis-server` process on a free loopback port, with its own directory and no persistence,
-# stopped by its PID.
-
-
-class RedisServer:
-    """One `redis-server` (or sentinel) process; its log is `<dir>/server.log`."""
-
-    def __init__(self, directory: Path, arguments: list[str], port: int) -> None:
-        self.directory = directory
-        self.port = port
-        self.log_path = directory / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            ["redis-server", *arguments],
-            cwd=directory,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> Redis:
-        return Redis(host="127.0.0.1", port=self.port)
-
-    async def ready(self, within: float = 10.0) -> None:
-        async with asyncio.timeout(within):
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()}")
-                client = self.client()
-                try:
-                    if await client.ping():
-                        return
-                except (RedisError, OSError):
-                    await asyncio.sleep(0.05)
-                finally:
-                    await client.aclose()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-class RedisServers:
-    """Starts servers under `root`; `stop()` stops every one still running."""
-
-    def __init__(self, root: Path) -> None:
-        self._root = root
-        self.started: list[RedisServer] = []
-
-    def _directory(self, kind: str) -> Path:
-        directory = self._root / f"{kind}-{len(self.started)}"
-        directory.mkdir(parents=True)
-        return directory
-
-    async def server(self, *extra: str, port: int | None = None) -> RedisServer:
-        """A Redis with no persistence; `extra` are further `--option value` arguments."""
-        port = port or free_port()
-        directory = self._directory("redis")
-        arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        server = RedisServer(directory, [*arguments, "--dir", str(directory), *extra], port)
-        self.started.append(server)
-        await server.ready()
-        return server
-
-    async def replica(self, primary: RedisServer) -> RedisServer:
-        replica = await self.server("--replicaof", "127.0.0.1", str(primary.port))
-        client = replica.client()
-        try:
-            async with asyncio.timeout(10):
-                while (await client.info("replication")).get("master_link_status") != "up":
-                    await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-        return replica
-
-    async def sentinel(self, master_name: str, primary: RedisServer, quorum: int) -> RedisServer:
-        """A sentinel watching `primary` (it rewrites its generated config file as it goes)."""
-        port = free_port()
-        directory = self._directory("sentinel")
-        config = directory / "sentinel.conf"
-        config.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
-            f"sentinel monitor {master_name} 127.0.0.1 {primary.port} {quorum}\n"
-            f"sentinel down-after-milliseconds {master_name} 1000\n"
-            f"sentinel failover-timeout {master_name} 10000\n"
-        )
-        server = RedisServer(directory, [str(config), "--sentinel"], port)
-        self.started.append(server)
-        await server.ready()
-        return server
-
-    async def cluster(self, primaries: int = 3) -> list[RedisServer]:
-        """A Redis Cluster of `primaries` nodes without replicas, every slot served."""
-        options = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-        nodes = [
-            await self.server(*options, port=free_port(with_bus=True)) for _ in range(primaries)
-        ]
-        create = await asyncio.create_subprocess_exec(
-            "redis-cli", "--cluster", "create", *(node.address for node in nodes),
-            "--cluster-replicas", "0", "--cluster-yes",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        output, _ = await create.communicate()
-        if create.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed:\n{output.decode()}")
-        for node in nodes:
-            client = node.client()
-            try:
-                async with asyncio.timeout(20):
-                    # Every node must know every slot's owner before a client asks it.
-                    while (await _cluster_info(client)).get("cluster_state") != "ok":
-                        await asyncio.sleep(0.1)
-            finally:
-                await client.aclose()
-        return nodes
-
-    def stop(self) -> None:
-        for server in self.started:
-            server.stop()
-
-
-async def _cluster_info(client: Redis) -> dict[str, str]:
-    info: dict[str, str] = await client.execute_command(  # type: ignore[no-untyped-call]
-        "CLUSTER INFO"
-    )
-    return info
+from tests.support import (
+    AMQP_BASE,
+    REDIS_URL,
+    RedisServers,
+    SpawnWorkers,
+    StartWorker,
+    WorkerProcess,
+    rabbitmqctl,
+    worker_settings,
+)
 
 
 @pytest.fixture
@@ -215,19 +50,15 @@ async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         servers.stop()
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
     vhost = f"itwin-test-{uuid.uuid4().hex[:10]}"
-    _rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("add_vhost", vhost)
     try:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"{AMQP_BASE}/{vhost}"
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")
@@ -272,34 +103,6 @@ def sim(simulator: SimulatorHandle) -> SimulatorHandle:
     return simulator
 
 
-def worker_settings(amqp_url: str, simulator: SimulatorHandle, **overrides: Any) -> Settings:
-    return load_settings(
-        **{
-            "amqp_url": amqp_url,
-            "api_base_url": simulator.base_url,
-            "token_url": simulator.token_url,
-            "client_id": simulator.client_id,
-            "client_secret": simulator.client_secret,
-            "rate_limit_per_second": 1000.0,
-            "rate_limit_burst": 100,
-            "retry_initial_seconds": 0.01,
-            "retry_max_seconds": 0.05,
-            "default_retry_after_seconds": 0.5,
-            "log_format": "console",
-            "http_host": "127.0.0.1",
-            "http_port": 0,
-            "shutdown_grace_seconds": 5.0,
-            # Retriable failures are final at once unless a test is about delayed redelivery.
-            "retry_delays": [],
-            "idempotency_lease_seconds": 3.0,
-            **overrides,
-        }
-    )
-
-
-StartWorker = Callable[..., Awaitable[Worker]]
-
-
 @pytest.fixture
 async def start_worker(amqp_url: str, sim: SimulatorHandle) -> AsyncIterator[StartWorker]:
     """Start in-process workers with the test's settings; all are stopped after the test."""
@@ -320,79 +123,6 @@ async def producer(amqp_url: str, start_worker: StartWorker) -> AsyncIterator[Pr
     await start_worker()
     async with Producer(amqp_url, "itwin.commands") as client:
         yield client
-
-
-async def drain_queue(amqp_url: str, queue: str, quiet: float = 1.0) -> list[Any]:
-    """Consume a queue until it stays empty for `quiet` seconds; quorum counts lag, so count.
-
-    A consumer feeding a local queue, so the timeout never cancels an AMQP call half-way.
-    """
-    received: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
-    messages: list[aio_pika.abc.AbstractIncomingMessage] = []
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        declared = await channel.get_queue(queue, ensure=True)
-        await declared.consume(received.put, no_ack=True)
-        while True:
-            try:
-                async with asyncio.timeout(quiet):
-                    messages.append(await received.get())
-            except TimeoutError:
-                return messages
-
-
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """The environment that gives `itwin-worker run` exactly these settings."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ITWIN_WORKER_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
-            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            # OpenTelemetry's variables keep their standard names (no prefix).
-            prefix = "" if name.startswith("otel_") else "ITWIN_WORKER_"
-            environment[f"{prefix}{name.upper()}"] = text
-    secret = settings.client_secret
-    if secret is not None:
-        environment["ITWIN_WORKER_CLIENT_SECRET"] = secret.get_secret_value()
-    return environment
-
-
-class WorkerProcess:
-    """`itwin-worker run` as a subprocess, its log kept in a file for the test to read."""
-
-    def __init__(self, settings: Settings, log_path: Any) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "run"],
-            env=worker_environment(settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return Path(self.log_path).read_text(errors="replace")
-
-    async def ready(self, within: float = 20.0) -> None:
-        async with asyncio.timeout(within):
-            while "worker consuming" not in self.log():
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"worker exited {self.process.returncode}:\n{self.log()}")
-                await asyncio.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
-SpawnWorkers = Callable[..., Awaitable[list[WorkerProcess]]]
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 from service.producer import Producer
 from service.settings import Settings
 from service.simulator import RecordedRequest, SimulatorHandle
-from tests.integration.conftest import REDIS_URL, SpawnWorkers, worker_settings
+from tests.support import REDIS_URL, SpawnWorkers, worker_settings
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from service.simulator import (
     NO_CLUSTER_ITWIN_ID,
     SimulatorHandle,
 )
-from tests.integration.conftest import StartWorker, drain_queue
+from tests.support import StartWorker, drain_queue
 
 ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 assert ITWIN in KNOWN_ITWIN_IDS

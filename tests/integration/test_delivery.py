@@ -20,7 +20,7 @@ import pytest
 from service.dlq import DeadLetters
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import (
+from tests.support import (
     REDIS_URL,
     SpawnWorkers,
     StartWorker,

@@ -21,7 +21,7 @@ from service.errors import OutcomeUnknown, RetriesExhausted
 from service.http_client import http_client
 from service.limiter import LocalLimiter, buckets_for
 from service.metrics import Metrics
-from tests.integration.conftest import free_port
+from tests.support import free_port
 
 
 class HangUpServer:

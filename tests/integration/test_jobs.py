@@ -16,7 +16,7 @@ import pytest
 
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import (
+from tests.support import (
     REDIS_URL,
     StartWorker,
     WorkerProcess,

@@ -13,7 +13,7 @@ import pytest
 
 from service.producer import Producer
 from service.simulator import FORBIDDEN_ITWIN_ID, SimulatorHandle
-from tests.integration.conftest import drain_queue
+from tests.support import drain_queue
 
 ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"

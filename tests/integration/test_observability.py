@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import Worker
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import SpawnWorkers, StartWorker, worker_settings
+from tests.support import SpawnWorkers, StartWorker, worker_settings
 
 
 def body(document: object) -> bytes:

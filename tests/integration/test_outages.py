@@ -18,7 +18,7 @@ import pytest
 from service.app import Worker
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import (
+from tests.support import (
     REDIS_URL,
     RedisServers,
     SpawnWorkers,

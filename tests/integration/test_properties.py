@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from service.app import Worker
 from service.commands import COMMANDS
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import worker_settings
+from tests.support import worker_settings
 
 pytestmark = pytest.mark.slow
 

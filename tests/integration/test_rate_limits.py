@@ -16,7 +16,7 @@ import pytest
 
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import SpawnWorkers, StartWorker, drain_queue
+from tests.support import SpawnWorkers, StartWorker, drain_queue
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from service.idempotency import Leased, RedisOutcomes
 from service.redis_connection import RETRIES, RedisConnection, connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import load_settings
-from tests.integration.conftest import RedisServers
+from tests.support import RedisServers
 
 
 def outcomes_on(connection: RedisConnection) -> RedisOutcomes:

@@ -18,7 +18,7 @@ from service.limiter import Bucket, RedisLimiter, State, pause, reserve, take
 from service.redis_connection import RedisClient, connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import load_settings
-from tests.integration.conftest import REDIS_URL
+from tests.support import REDIS_URL
 
 HOSTILE_IDS = ["}", "{", "{}", "}{", "a}b{c}", "}:limiter", "x" * 250, "ü{ü}"]
 

@@ -28,7 +28,7 @@ from service.simulator import (
     running_simulator,
     serve,
 )
-from tests.integration.conftest import free_port
+from tests.support import free_port
 
 OTHER_CLIENT = ("other-client", "other-secret")
 ITWIN_ID = "60805594-3e04-43b5-8fd8-5ccae0de23cc"

@@ -26,7 +26,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
 from service.simulator import ACCEPT_MEDIA_TYPE, SimulatorConfig, SimulatorHandle, running_simulator
-from tests.integration.conftest import free_port
+from tests.support import free_port
 
 SCOPE = "itwin-platform"
 AUDIENCE = "itwin-platform"

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from service.app import Worker
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import StartWorker, drain_queue, free_port
+from tests.support import StartWorker, drain_queue, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -30,7 +30,7 @@ from service.delivery import DELAYED_ATTEMPT_HEADER, REPLAY_HEADER, ROUTING_KEY_
 from service.jobs import Poll
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.conftest import AMQP_BASE, WorkerProcess, drain_queue, worker_settings
+from tests.support import AMQP_BASE, WorkerProcess, drain_queue, worker_settings
 
 pytestmark = pytest.mark.slow
 
