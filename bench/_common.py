@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -57,6 +57,20 @@ def progress(message: str) -> None:
 
 def random_name() -> str:
     return f"bench-{uuid.uuid4().hex[:10]}"
+
+
+def run_bench(run: Coroutine[Any, Any, bool]) -> int:
+    """A benchmark's exit code: 0 when `run` says all went as it should, 1 when not, 2 on an
+    error it reported, 130 when interrupted (SIGTERM unwinds like Ctrl-C: every cleanup runs)."""
+    terminate_on_sigterm()
+    try:
+        return 0 if asyncio.run(run) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc!r}", file=sys.stderr)
+        return 2
 
 
 def terminate_on_sigterm() -> None:

@@ -42,9 +42,9 @@ from bench._common import (
     max_in_window,
     progress,
     publish_backlog,
+    run_bench,
     spawn_worker,
     stopping,
-    terminate_on_sigterm,
     worker_settings,
 )
 from service.producer import Producer
@@ -268,16 +268,7 @@ def _warn_if_prefetch_binds(options: Options) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = parse_options(argv)
-    terminate_on_sigterm()
-    try:
-        return 0 if asyncio.run(main_async(options)) else 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_bench(main_async(parse_options(argv)))
 
 
 if __name__ == "__main__":
