@@ -9,7 +9,6 @@ is interrupted. All traffic stays on 127.0.0.1; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import os
 import signal
@@ -517,11 +516,3 @@ class EventCounter:
 
 
 # --- statistics ----------------------------------------------------------------------------
-
-
-def max_in_window(times: Sequence[float], window: float) -> int:
-    """The largest number of `times` inside any half-open window [t, t + window)."""
-    ordered = sorted(times)
-    return max(
-        (bisect.bisect_left(ordered, t + window) - i for i, t in enumerate(ordered)), default=0
-    )

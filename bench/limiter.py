@@ -39,7 +39,6 @@ from bench._common import (
     bench_redis_prefix,
     bench_vhost,
     declare_topology,
-    max_in_window,
     progress,
     publish_backlog,
     run_bench,
@@ -48,6 +47,7 @@ from bench._common import (
     worker_settings,
 )
 from service.producer import Producer
+from tests.support import max_in_window
 
 SUCCESS_EVENT = "workspace.created"
 

@@ -47,7 +47,6 @@ from bench._common import (
     Simulator,
     bench_redis_prefix,
     bench_vhost,
-    max_in_window,
     progress,
     run_bench,
     spawn_worker,
@@ -56,6 +55,7 @@ from bench._common import (
 )
 from service.limiter import Bucket, buckets_for
 from service.producer import Producer, dumps
+from tests.support import max_in_window, percentile
 
 JOB = {
     "type": "Full",
@@ -116,11 +116,6 @@ class Result:
             times = [self.start, *self.poll_times.get(job_id, []), self.start + self.duration]
             lags += [max(b - a - self.tier.schedule, 0.0) for a, b in itertools.pairwise(times)]
         return lags
-
-
-def percentile(values: Sequence[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
 async def create_jobs(producer: Producer, count: int) -> list[str]:

@@ -9,12 +9,13 @@ helper starts is stopped by its PID.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,18 @@ class WorkerProcess:
 
 
 SpawnWorkers = Callable[..., Awaitable[list[WorkerProcess]]]
+
+
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """The largest number of `times` inside any half-open window [t, t + window): what the
+    budget's guarantee (at most R·W + B calls in any window W) is checked against."""
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_left(ordered, t + window) - i for i, t in enumerate(ordered)), default=0
+    )
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The value below which `share` of `values` lie (nearest rank); NaN for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")

@@ -8,7 +8,6 @@ commands arrive at 2/s. The simulator's request log (arrival times) is the judge
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import json
 import time
@@ -23,7 +22,7 @@ import pytest
 from service.producer import Producer
 from service.settings import Settings
 from service.simulator import RecordedRequest, SimulatorHandle
-from tests.support import REDIS_URL, SpawnWorkers, worker_settings
+from tests.support import REDIS_URL, SpawnWorkers, max_in_window, percentile, worker_settings
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +39,6 @@ floor alone, POLL_MIN_SHARE 0.1 of 20/s, would bring each job round within 75 s.
 
 def body(document: Any) -> bytes:
     return json.dumps(document).encode()
-
-
-def max_in_window(times: Sequence[float], window: float) -> int:
-    ordered = sorted(times)
-    return max(
-        (bisect.bisect_left(ordered, t + window) - i for i, t in enumerate(ordered)), default=0
-    )
-
-
-def percentile(values: Sequence[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 async def create_jobs(producer: Producer, count: int) -> list[str]:

@@ -7,29 +7,20 @@ request log (arrival times) is the judge of what reached the API.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.support import SpawnWorkers, StartWorker, drain_queue
+from tests.support import SpawnWorkers, StartWorker, drain_queue, max_in_window
 
 pytestmark = pytest.mark.slow
 
 
 def body(document: Any) -> bytes:
     return json.dumps(document).encode()
-
-
-def max_in_window(times: Sequence[float], window: float) -> int:
-    ordered = sorted(times)
-    return max(
-        (bisect.bisect_right(ordered, t + window) - i for i, t in enumerate(ordered)), default=0
-    )
 
 
 async def publish_and_collect(

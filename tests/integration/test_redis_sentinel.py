@@ -18,8 +18,7 @@ from redis.asyncio import Redis
 
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.integration.test_rate_limits import max_in_window
-from tests.support import RedisServer, RedisServers, SpawnWorkers, drain_queue
+from tests.support import RedisServer, RedisServers, SpawnWorkers, drain_queue, max_in_window
 
 pytestmark = pytest.mark.slow
 
