@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.app import Worker
+from service.producer import Producer
 from service.settings import Settings, load_settings
 from service.simulator import SimulatorHandle
 
@@ -315,3 +317,34 @@ def percentile(values: Sequence[float], share: float) -> float:
     """The value below which `share` of `values` lie (nearest rank); NaN for none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
+"""An iTwin the simulator knows."""
+REQUEST_TIMEOUT = 20.0
+
+
+async def request(producer: Producer, routing_key: str, document: Any) -> dict[str, Any]:
+    """Send one command as JSON and wait for its event."""
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        return await producer.request(routing_key, json.dumps(document).encode())
+
+
+async def api_failure(
+    producer: Producer,
+    routing_key: str,
+    document: Any,
+    status: int,
+    code: str,
+    details: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Send a command the API refuses; check its failure event (one attempt, final); return
+    the event's error object."""
+    answer = await request(producer, routing_key, document)
+    assert answer["type"] == f"{routing_key}.failed", answer
+    error = answer["error"]
+    assert (error["status"], error["code"], error["retriable"]) == (status, code, False), error
+    if details is not None:
+        assert error["details"] == details
+    assert answer["attempts"] == 1
+    return dict(error)

@@ -18,9 +18,8 @@ from service.simulator import (
     NO_CLUSTER_ITWIN_ID,
     SimulatorHandle,
 )
-from tests.support import StartWorker, drain_queue
+from tests.support import ITWIN, StartWorker, api_failure, drain_queue, request
 
-ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 assert ITWIN in KNOWN_ITWIN_IDS
 TIMEOUT = 20
 
@@ -59,11 +58,6 @@ class EventTap:
 async def tap(amqp_url: str, producer: Producer) -> AsyncIterator[EventTap]:
     async with EventTap(amqp_url) as events:
         yield events
-
-
-async def request(producer: Producer, routing_key: str, document: Any) -> dict[str, Any]:
-    async with asyncio.timeout(TIMEOUT):
-        return await producer.request(routing_key, body(document))
 
 
 async def create_workspace(producer: Producer) -> dict[str, Any]:
@@ -177,30 +171,11 @@ async def test_application_create(producer: Producer) -> None:
 # --- the pages' error responses reach the producer unchanged -------------------------------
 
 
-async def assert_api_failure(
-    amqp_url: str,
-    producer: Producer,
-    routing_key: str,
-    document: Any,
-    status: int,
-    code: str,
-    details: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    event = await request(producer, routing_key, document)
-    assert event["type"] == f"{routing_key}.failed", event
-    error = event["error"]
-    assert (error["status"], error["code"], error["retriable"]) == (status, code, False)
-    if details is not None:
-        assert error["details"] == details
-    assert event["attempts"] == 1
-    return dict(error)
-
-
 async def test_workspace_create_422_no_processing_cluster(
     amqp_url: str, producer: Producer
 ) -> None:
-    error = await assert_api_failure(
-        amqp_url, producer, "workspace.create", {"name": "w", "iTwinId": NO_CLUSTER_ITWIN_ID},
+    error = await api_failure(
+        producer, "workspace.create", {"name": "w", "iTwinId": NO_CLUSTER_ITWIN_ID},
         422, "InvalidContextCaptureRequest",
         [{"code": "InvalidParameter", "message": "No processing cluster in project location.",
           "target": None}],
@@ -209,8 +184,8 @@ async def test_workspace_create_422_no_processing_cluster(
 
 
 async def test_workspace_get_404(amqp_url: str, producer: Producer) -> None:
-    error = await assert_api_failure(
-        amqp_url, producer, "workspace.get", {"workspaceId": str(uuid.uuid4())},
+    error = await api_failure(
+        producer, "workspace.get", {"workspaceId": str(uuid.uuid4())},
         404, "WorkspaceNotFound", [],
     )  # fmt: skip
     assert error["message"] == "Requested workspace is not available."
@@ -219,8 +194,8 @@ async def test_workspace_get_404(amqp_url: str, producer: Producer) -> None:
 async def test_job_create_422_unknown_workspace_names_the_target(
     amqp_url: str, producer: Producer
 ) -> None:
-    await assert_api_failure(
-        amqp_url, producer, "job.create", job_body(str(uuid.uuid4())),
+    await api_failure(
+        producer, "job.create", job_body(str(uuid.uuid4())),
         422, "InvalidContextCaptureRequest",
         [{"code": "InvalidParameter", "message": "Invalid 'workspaceId' parameter.",
           "target": "workspaceId"}],
@@ -229,22 +204,22 @@ async def test_job_create_422_unknown_workspace_names_the_target(
 
 async def test_repository_404_403_409_422(amqp_url: str, producer: Producer) -> None:
     base = {"class": "Construction", "subClass": "Performance", "uri": "https://p.example.com"}
-    await assert_api_failure(
-        amqp_url, producer, "repository.create", {**base, "iTwinId": str(uuid.uuid4())},
+    await api_failure(
+        producer, "repository.create", {**base, "iTwinId": str(uuid.uuid4())},
         404, "iTwinNotFound",
     )  # fmt: skip
-    await assert_api_failure(
-        amqp_url, producer, "repository.create", {**base, "iTwinId": FORBIDDEN_ITWIN_ID},
+    await api_failure(
+        producer, "repository.create", {**base, "iTwinId": FORBIDDEN_ITWIN_ID},
         403, "InsufficientPermissions",
     )  # fmt: skip
     first = await request(producer, "repository.create", {**base, "iTwinId": ITWIN})
     assert first["type"] == "repository.created"
-    await assert_api_failure(
-        amqp_url, producer, "repository.create", {**base, "iTwinId": ITWIN},
+    await api_failure(
+        producer, "repository.create", {**base, "iTwinId": ITWIN},
         409, "iTwinRepositoryExists",
     )  # fmt: skip
-    await assert_api_failure(
-        amqp_url, producer, "repository.create",
+    await api_failure(
+        producer, "repository.create",
         {**base, "iTwinId": ITWIN, "class": "RealityData", "subClass": "WebMapService"},
         422, "InvalidiTwinsRequest",
         [{"code": "InvalidValue", "message": "Class value is incorrect.", "target": "class"}],
@@ -258,12 +233,10 @@ async def test_application_409_and_403(
     assert (await request(producer, "application.create", document))["type"] == (
         "application.created"
     )
-    await assert_api_failure(
-        amqp_url, producer, "application.create", document, 409, "ApplicationExists"
-    )
+    await api_failure(producer, "application.create", document, 409, "ApplicationExists")
     sim.configure(library_forbidden=True)
-    await assert_api_failure(
-        amqp_url, producer, "application.create", {**document, "version": "2025"},
+    await api_failure(
+        producer, "application.create", {**document, "version": "2025"},
         403, "InsufficientPermissions",
     )  # fmt: skip
 

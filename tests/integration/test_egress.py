@@ -23,8 +23,8 @@ import trustme
 
 from service.producer import Producer
 from service.simulator import ServerCertificate, SimulatorHandle, running_simulator
-from tests.integration.test_commands_end_to_end import ITWIN, job_body, request
-from tests.support import StartWorker, free_port
+from tests.integration.test_commands_end_to_end import job_body
+from tests.support import ITWIN, StartWorker, free_port, request
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,6 @@ simulator over a socket."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from typing import Any
 
@@ -13,40 +11,16 @@ import pytest
 
 from service.producer import Producer
 from service.simulator import FORBIDDEN_ITWIN_ID, SimulatorHandle
-from tests.support import drain_queue
+from tests.support import ITWIN, api_failure, drain_queue, request
 
-ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 TIMEOUT = 20
-
-
-async def request(producer: Producer, routing_key: str, document: Any) -> dict[str, Any]:
-    async with asyncio.timeout(TIMEOUT):
-        return await producer.request(routing_key, json.dumps(document).encode())
 
 
 async def succeeds(producer: Producer, routing_key: str, document: Any, event: str) -> Any:
     answer = await request(producer, routing_key, document)
     assert answer["type"] == event, answer
     return answer["result"]
-
-
-async def fails(
-    producer: Producer,
-    routing_key: str,
-    document: Any,
-    status: int,
-    code: str,
-    details: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    answer = await request(producer, routing_key, document)
-    assert answer["type"] == f"{routing_key}.failed", answer
-    error = answer["error"]
-    assert (error["status"], error["code"], error["retriable"]) == (status, code, False), error
-    if details is not None:
-        assert error["details"] == details
-    assert answer["attempts"] == 1
-    return dict(error)
 
 
 def api_calls(sim: SimulatorHandle) -> list[tuple[str, str, int | None]]:
@@ -104,11 +78,11 @@ async def test_workspace_delete_then_a_second_delete_is_the_apis_404(
     deleted = await request(producer, "workspace.delete", {"workspaceId": workspace["id"]})
     assert deleted["type"] == "workspace.deleted"
     assert (deleted["result"], deleted["attempts"]) == ({"workspaceId": workspace["id"]}, 1)
-    error = await fails(
+    error = await api_failure(
         producer, "workspace.delete", {"workspaceId": workspace["id"]}, 404, "WorkspaceNotFound"
     )
     assert error["message"] == "Requested workspace is not available."
-    await fails(
+    await api_failure(
         producer, "workspace.get", {"workspaceId": workspace["id"]}, 404, "WorkspaceNotFound"
     )
     dead = await drain_queue(amqp_url, "itwin-worker.dlq", quiet=0.5)
@@ -153,19 +127,19 @@ async def test_job_update_settings_and_cost(producer: Producer, sim: SimulatorHa
 
 
 async def test_job_update_errors(producer: Producer) -> None:
-    await fails(
+    await api_failure(
         producer, "job.update", {"jobId": UNKNOWN, "settings": {"quality": "Draft"}},
         404, "JobNotFound",
     )  # fmt: skip
     job = await new_job(producer)
-    await fails(
+    await api_failure(
         producer, "job.update", {"jobId": job["id"], "settings": {"processingEngines": 21}},
         422, "InvalidContextCaptureRequest",
         [{"code": "InvalidParameter", "message": "Invalid 'settings.processingEngines' parameter.",
           "target": "settings.processingEngines"}],
     )  # fmt: skip
     await succeeds(producer, "job.submit", {"jobId": job["id"]}, "job.submitted")
-    await fails(
+    await api_failure(
         producer, "job.update", {"jobId": job["id"], "settings": {"quality": "Extra"}},
         422, "InvalidContextCaptureRequest",
         [{"code": "InvalidChange", "message": "Cannot change an already submitted job.",
@@ -199,12 +173,12 @@ async def test_job_delete_unsubmitted_and_submitted(producer: Producer) -> None:
     job = await new_job(producer)
     deleted = await succeeds(producer, "job.delete", {"jobId": job["id"]}, "job.deleted")
     assert deleted == {"jobId": job["id"]}
-    await fails(producer, "job.get", {"jobId": job["id"]}, 404, "JobNotFound")
-    await fails(producer, "job.delete", {"jobId": job["id"]}, 404, "JobNotFound")
+    await api_failure(producer, "job.get", {"jobId": job["id"]}, 404, "JobNotFound")
+    await api_failure(producer, "job.delete", {"jobId": job["id"]}, 404, "JobNotFound")
 
     submitted = await new_job(producer)
     await succeeds(producer, "job.submit", {"jobId": submitted["id"]}, "job.submitted")
-    error = await fails(
+    error = await api_failure(
         producer, "job.delete", {"jobId": submitted["id"]}, 422, "InvalidContextCaptureRequest",
         [{"code": "InvalidChange", "message": "Cannot delete an already submitted job.",
           "target": None}],
@@ -217,7 +191,7 @@ async def test_engines_get(producer: Producer, sim: SimulatorHandle) -> None:
     assert await succeeds(producer, "engines.get", {}, "engines.retrieved") == {"maxEngines": 12}
     limit = await succeeds(producer, "engines.get", {"iTwinId": ITWIN}, "engines.retrieved")
     assert limit == {"maxEngines": 12}
-    error = await fails(producer, "engines.get", {"iTwinId": UNKNOWN}, 404, "iTwinNotFound")
+    error = await api_failure(producer, "engines.get", {"iTwinId": UNKNOWN}, 404, "iTwinNotFound")
     assert error["message"] == "Requested iTwin is not available."
 
 
@@ -256,8 +230,8 @@ async def test_repository_list_get_update_delete(producer: Producer, sim: Simula
 
 
 async def test_repository_errors(producer: Producer) -> None:
-    await fails(producer, "repository.list", {"iTwinId": UNKNOWN}, 404, "iTwinNotFound")
-    error = await fails(
+    await api_failure(producer, "repository.list", {"iTwinId": UNKNOWN}, 404, "iTwinNotFound")
+    error = await api_failure(
         producer, "repository.list",
         {"iTwinId": ITWIN, "class": "Construction", "subClass": "WebMapService"},
         422, "InvalidiTwinsRequest",
@@ -269,17 +243,17 @@ async def test_repository_errors(producer: Producer) -> None:
         ("repository.get", {}), ("repository.update", {"displayName": "x"}),
         ("repository.delete", {}),
     ):  # fmt: skip
-        error = await fails(
+        error = await api_failure(
             producer, routing_key, {**missing, **extra}, 404, "iTwinRepositoryNotFound"
         )
         assert error["message"] == "Requested iTwin Repository is not available."
     taken = await new_repository(producer)
     repository = await new_repository(producer)
     ref = {"iTwinId": ITWIN, "repositoryId": repository["id"]}
-    await fails(
+    await api_failure(
         producer, "repository.update", {**ref, "uri": taken["uri"]}, 409, "iTwinRepositoryExists"
     )
-    await fails(
+    await api_failure(
         producer, "repository.delete", {"iTwinId": FORBIDDEN_ITWIN_ID, "repositoryId": UNKNOWN},
         403, "InsufficientPermissions",
     )  # fmt: skip
@@ -332,7 +306,7 @@ async def test_application_list_follows_tokens_over_three_pages(
 
 
 async def test_application_list_refuses_a_token_it_never_gave(producer: Producer) -> None:
-    error = await fails(
+    error = await api_failure(
         producer, "application.list", {"continuationToken": "a&continuationToken=b c/%"},
         422, "InvalidApplicationsRequest",
     )  # fmt: skip
@@ -350,7 +324,7 @@ async def test_application_get_update_delete(producer: Producer, sim: SimulatorH
     assert (replaced["id"], replaced["version"]) == (application["id"], "2024")
 
     other = await new_application(producer, "MicroStation")
-    await fails(
+    await api_failure(
         producer, "application.update",
         {"applicationId": other["id"], "displayName": "Revit", "version": "2024"},
         409, "ApplicationExists",
@@ -362,13 +336,15 @@ async def test_application_get_update_delete(producer: Producer, sim: SimulatorH
         ("application.update", {"displayName": "a", "version": "b"}),
         ("application.delete", {}),
     ):
-        error = await fails(producer, routing_key, {**ref, **extra}, 404, "ApplicationNotFound")
+        error = await api_failure(
+            producer, routing_key, {**ref, **extra}, 404, "ApplicationNotFound"
+        )
         assert error["message"] == "Requested Application is not available."
 
     sim.configure(library_forbidden=True)
     ref = {"applicationId": other["id"]}
-    await fails(producer, "application.delete", ref, 403, "InsufficientPermissions")
-    await fails(
+    await api_failure(producer, "application.delete", ref, 403, "InsufficientPermissions")
+    await api_failure(
         producer, "application.update", {**ref, "displayName": "x", "version": "y"},
         403, "InsufficientPermissions",
     )  # fmt: skip
