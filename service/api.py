@@ -27,7 +27,7 @@ import functools
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +56,7 @@ from service.outages import REDIS, REDIS_UNAVAILABLE, DependencyDown
 from service.tracing import Tracing, http_attributes
 
 ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
+BeforeSending = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -169,26 +170,34 @@ class ApiClient:
     def _parse_url(self, path: str) -> httpx.URL:
         return httpx.URL(self._base_url + path)
 
-    async def send(self, request: ApiRequest) -> ApiResponse:
+    async def send(
+        self, request: ApiRequest, *, before_sending: BeforeSending | None = None
+    ) -> ApiResponse:
+        """`before_sending` is awaited just before each attempt leaves, after its budget wait,
+        token and breaker: the caller's recovery point (it may refuse by raising)."""
         tries = _Tries(self._policy, self._metrics)
         try:
-            return await self._with_retries(request, tries)
+            return await self._with_retries(request, tries, before_sending)
         except REDIS_UNAVAILABLE:
             raise DependencyDown(REDIS) from None
         except WorkerError as error:
             error.attempts = tries.sent
             raise
 
-    async def _with_retries(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
+    async def _with_retries(
+        self, request: ApiRequest, tries: _Tries, before_sending: BeforeSending | None
+    ) -> ApiResponse:
         while True:
             try:
-                return await self._attempt(request, tries)
+                return await self._attempt(request, tries, before_sending)
             except TransientError as error:
                 if tries.stop(error):
                     raise tries.exhausted(error) from None
                 await asyncio.sleep(tries.wait(error))
 
-    async def _attempt(self, request: ApiRequest, tries: _Tries) -> ApiResponse:
+    async def _attempt(
+        self, request: ApiRequest, tries: _Tries, before_sending: BeforeSending | None
+    ) -> ApiResponse:
         metrics, tracing = self._metrics, self._tracing
         waiting = metrics.limiter_waiting.labels(request.priority)
         waiting.inc()
@@ -202,6 +211,8 @@ class ApiClient:
         # this one send; it happens once per token lifetime for the whole process.
         token = await self._tokens.token()
         permit = await self._breaker.admit() if self._breaker is not None else None
+        if before_sending is not None:
+            await before_sending()
         tries.sent += 1
         attributes = None
         if tracing.recording:

@@ -44,6 +44,10 @@ from service.trust import Trust, printable
 
 log = structlog.get_logger("itwin_worker.app")
 
+DETACHED_GRACE_SECONDS = 2.0
+"""How long `stop` waits, after the broker's grace time, for commands whose request is out;
+Kubernetes' default termination grace leaves 5 s past ours (settings)."""
+
 
 def credentials_from(settings: Settings) -> ClientCredentials:
     missing = [
@@ -293,7 +297,12 @@ class Worker:
 
     async def stop(self) -> None:
         self._consuming = False
+        # FastStream waits up to the grace time for the handlers, then closes the channels.
         await self.broker.stop()
+        # Commands whose delivery the close took while their request was out: their outcome
+        # is recorded for the next delivery if it comes in time.
+        await self.pipeline.detached.finish(within=DETACHED_GRACE_SECONDS)
+        await self.pipeline.close()
         await self.probes.stop()
         await self.http.aclose()
         if self.redis is not None:

@@ -169,7 +169,7 @@ class JobFollower:
             recorded = PollDecision.model_validate_json(claim.event)
             if recorded.state == "decided":
                 await self._finish(poll, recorded)
-                await self._outcomes.record(poll.key, "", _DONE)
+                await self._outcomes.record(poll.key, "", _DONE, replace=True)
             return
         try:
             decision = await self._decide(poll)
@@ -181,7 +181,7 @@ class JobFollower:
             progress = EncodedEvent.parse(decision.progress.encode())
             await self._publisher.publish(progress, poll.reply_to)
         await self._finish(poll, decision)
-        await self._outcomes.record(poll.key, claim.token, _DONE)
+        await self._outcomes.record(poll.key, claim.token, _DONE, replace=True)
 
     async def _finish(self, poll: Poll, decision: PollDecision) -> None:
         if decision.terminal is not None:

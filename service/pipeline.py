@@ -19,28 +19,37 @@ acked even when Redis cannot record it (docs/failure-modes.md: the duplicate win
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import structlog
 
-from service.api import ApiResponse
+from service.api import ApiResponse, BeforeSending
 from service.commands import ApiRequest, CommandSpec, UnexpectedAnswer, failure_event_type
 from service.delivery import Delivery
 from service.errors import (
     ApiError,
     InvalidCommand,
+    OutcomeUnknown,
     RetriesExhausted,
     UnknownCommand,
     WorkerError,
 )
 from service.events import EncodedEvent, Event, failure, success
-from service.idempotency import Leased, OutcomeStore, Recorded, claim_when_free
+from service.idempotency import (
+    Leased,
+    LeaseKeeper,
+    Orphaned,
+    OutcomeStore,
+    Recorded,
+    claim_when_free,
+)
 from service.jobs import JobFollower
 from service.messages import Command, JobRef
 from service.metrics import Metrics
@@ -52,7 +61,9 @@ _JSON_CONTENT_TYPE = re.compile(r"^application/json\s*(;.*)?$", re.IGNORECASE)
 
 
 class Api(Protocol):
-    async def send(self, request: ApiRequest) -> ApiResponse: ...
+    async def send(
+        self, request: ApiRequest, *, before_sending: BeforeSending | None = None
+    ) -> ApiResponse: ...
 
 
 class Publisher(Protocol):
@@ -117,6 +128,47 @@ class Settled:
         return cls("failure", outcome.error.code)
 
 
+class LeaseLost(Exception):
+    """Our lease on the command ended before its request left: another holder has it now."""
+
+
+@dataclass
+class Held:
+    """One command while this worker holds it."""
+
+    lease: Leased | Orphaned | None
+    requested: bool = False
+    """A request of this command has left (or is leaving): its answer is worth waiting for,
+    even when the delivery is lost meanwhile."""
+
+
+@dataclass
+class Detached:
+    """Commands whose delivery was lost (a closed channel or connection) while their request
+    was out: they finish and record their outcome, which their next delivery publishes."""
+
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a detached command ended in a crash", exc_info=task.exception())
+
+    async def finish(self, within: float) -> None:
+        """Wait for them up to `within` seconds, then cancel the rest (their request's mark
+        stays: whoever takes them over concludes them, `OutcomeUnknown` at worst)."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=within)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 class Pipeline:
     """Turns one delivery into exactly one event per recorded outcome."""
 
@@ -138,24 +190,35 @@ class Pipeline:
         self._api = api
         self._publisher = publisher
         self._outcomes = outcomes
+        self._leases = LeaseKeeper(outcomes)
         self._policy = policy
         self._now = now
+        self.detached = Detached()
 
     async def handle(self, spec: CommandSpec | None, delivery: Delivery) -> None:
-        started = time.perf_counter()
+        """Work the delivery to its end. Its work runs as a task of its own: when the delivery
+        is lost under it (FastStream's handler is cancelled with its channel) a request already
+        out is not thrown away, the command finishes and records its outcome."""
         delivery = self._enter(delivery)
-        routing_key = self._metrics.routing_key(delivery.routing_key)
-        self._metrics.commands_received.labels(routing_key).inc()
-        self._metrics.in_flight.inc()
+        held = Held(None)
+        work = asyncio.ensure_future(self._run(spec, delivery, held))
         try:
-            settled = await self._work(spec, delivery, started)
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if held.requested and not work.done():
+                log.warning("delivery lost while its request was out: finishing the command")
+                self.detached.keep(work)
+            else:
+                work.cancel()
+            raise
         except Exception:
             await self._back_off(delivery)
             raise
         finally:
-            self._metrics.in_flight.dec()
             structlog.contextvars.unbind_contextvars("command_id", "correlation_id", "routing_key")
-        self._metrics.commands_finished.labels(routing_key, settled.how, settled.error_code).inc()
+
+    async def close(self) -> None:
+        await self._leases.close()
 
     def _enter(self, delivery: Delivery) -> Delivery:
         """Settle the ids (a made-up id stays the same through delays) and the log context."""
@@ -185,37 +248,162 @@ class Pipeline:
             )
         return delivery
 
-    async def _work(self, spec: CommandSpec | None, delivery: Delivery, started: float) -> Settled:
+    async def _run(self, spec: CommandSpec | None, delivery: Delivery, held: Held) -> None:
+        started = time.perf_counter()
+        routing_key = self._metrics.routing_key(delivery.routing_key)
+        self._metrics.commands_received.labels(routing_key).inc()
+        self._metrics.in_flight.inc()
+        try:
+            settled = await self._work(spec, delivery, held, started)
+        finally:
+            self._metrics.in_flight.dec()
+        self._metrics.commands_finished.labels(routing_key, settled.how, settled.error_code).inc()
+
+    async def _work(
+        self, spec: CommandSpec | None, delivery: Delivery, held: Held, started: float
+    ) -> Settled:
         try:
             prepared = _validate(spec, delivery)
         except Exception as crash:
             return await self._poisoned(spec, delivery, crash)
+        unsent_token: str | None = None
         while True:
             # Waits while Redis does not answer; any other crash goes back to the queue as it
             # is (the queue's delivery limit bounds it, the command reaches the dead-letter
             # queue untouched, for a replay).
-            lease = await self._claim(delivery)
-            if isinstance(lease, Recorded):
+            claim = await self._claim(delivery, unsent_token)
+            if isinstance(claim, Recorded):
                 # An empty record: the command's only announcement is its job's own events.
-                if lease.event:
-                    event = EncodedEvent.parse(lease.event)
-                    await self._publisher.publish(event, delivery.reply_to)
+                if claim.event:
+                    await self._publisher.publish(
+                        EncodedEvent.parse(claim.event), delivery.reply_to
+                    )
                 log.info("duplicate command: answered from its recorded outcome")
                 return Settled("duplicate")
+            held.lease = claim
+            with (
+                self._leases.holding(delivery.message_id or "", claim.token) if claim else _NOT_HELD
+            ):
+                try:
+                    if isinstance(claim, Orphaned):
+                        outcome = self._orphaned(spec, delivery)
+                    else:
+                        outcome = await self._call(spec, delivery, prepared, held)
+                except DependencyDown as down:
+                    # Nothing took effect: let go of it (its mark too), wait, claim it again
+                    # (with the same token, should Redis not hear the release now).
+                    await self._release(delivery, claim, unsent=isinstance(claim, Leased))
+                    unsent_token = claim.token if isinstance(claim, Leased) else None
+                    await self._outages.wait(down.dependency)
+                    continue
+                except LeaseLost:
+                    log.warning("lease lost before the request left: claiming the command again")
+                    unsent_token = None
+                    continue
+                except Exception as crash:
+                    await self._release(delivery, claim)
+                    return await self._poisoned(spec, delivery, crash)
+                except BaseException:
+                    await self._release(delivery, claim)
+                    raise
+                return await self._settle(spec, delivery, outcome, claim, started)
+
+    async def _claim(
+        self, delivery: Delivery, unsent_token: str | None
+    ) -> Recorded | Leased | Orphaned | None:
+        """The lease on the command id (None: no id of the producer's, nothing to claim)."""
+        if delivery.id_made_up:
+            return None
+        command_id = delivery.message_id or ""
+        while True:
             try:
-                outcome = await self._call(spec, delivery, prepared)
-                break
-            except DependencyDown as down:
-                # Nothing was done for this command: let go of it, wait, claim it again.
-                await self._release(delivery, lease)
-                await self._outages.wait(down.dependency)
-            except Exception as crash:
-                await self._release(delivery, lease)
-                return await self._poisoned(spec, delivery, crash)
+                claim = await claim_when_free(
+                    self._outcomes, command_id, fresh=delivery.replay, unsent_token=unsent_token
+                )
+            except REDIS_UNAVAILABLE:
+                await self._outages.wait_for_redis()
+                continue
+            self._outages.redis_answered()
+            return claim
+
+    async def _release(
+        self, delivery: Delivery, lease: Leased | Orphaned | None, *, unsent: bool = False
+    ) -> None:
+        """Let go of the lease; with Redis away it expires on its own (the lease time)."""
+        if lease is None:
+            return
+        try:
+            await self._outcomes.release(delivery.message_id or "", lease.token, unsent=unsent)
+        except REDIS_UNAVAILABLE:
+            self._outages.redis_failed()
+
+    async def _call(
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        prepared: Prepared | WorkerError,
+        held: Held,
+    ) -> Outcome:
+        if isinstance(prepared, WorkerError):
+            return self._failed(spec, delivery, prepared)
+        command, request = prepared
+        assert spec is not None  # a prepared command has a spec
+        command_id = delivery.message_id or ""
+        lease = held.lease
+        outcomes = self._outcomes
+
+        async def before_sending() -> None:
+            # The recovery point: once marked, a takeover concludes the command instead of
+            # sending it again.
+            marked = (
+                lease is None
+                or request.safe_to_repeat
+                or await outcomes.mark_sent(command_id, lease.token)
+            )
+            if not marked:
+                raise LeaseLost
+            held.requested = True
+
+        try:
+            response = await self._api.send(request, before_sending=before_sending)
+            result = _result(response, spec, command)
+        except WorkerError as error:
+            return self._failed(spec, delivery, error)
+        if spec.success_event is None:
+            return Outcome(None, status=response.status, command=command)
+        event = success(
+            spec.success_event,
+            command_id=command_id,
+            correlation_id=delivery.correlation_id or command_id,
+            result=result,
+            attempts=response.attempts,
+            now=self._now(),
+        )
+        return Outcome(event, status=response.status, command=command)
+
+    def _orphaned(self, spec: CommandSpec | None, delivery: Delivery) -> Outcome:
+        """A replica sent the command's request and stopped before recording its answer."""
+        log.warning("an earlier holder sent the request and left no outcome: not sent again")
+        error = OutcomeUnknown(
+            "A worker sent this request and stopped before its answer was recorded; it may "
+            "have taken effect, so it was not sent again."
+        )
+        return self._failed(spec, delivery, error)
+
+    async def _settle(
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        outcome: Outcome,
+        lease: Leased | Orphaned | None,
+        started: float,
+    ) -> Settled:
+        """Delay a retriable failure while delays remain, or conclude the command."""
         try:
             delay = self._policy.delay_for(outcome.error, delivery)
             if delay is not None and outcome.error is not None:
-                await self._release(delivery, lease)
+                # A retriable failure is one that proves the request had no effect.
+                await self._release(delivery, lease, unsent=isinstance(lease, Leased))
                 attempt = delivery.delayed_attempt + 1
                 await self._publisher.delay(delivery, attempt, delay)
                 log.info(
@@ -230,56 +418,12 @@ class Pipeline:
         _log_finished(outcome, started)
         return Settled.of(outcome)
 
-    async def _claim(self, delivery: Delivery) -> Recorded | Leased | None:
-        """The lease on the command id (None: no id of the producer's, nothing to claim)."""
-        if delivery.id_made_up:
-            return None
-        command_id = delivery.message_id or ""
-        while True:
-            try:
-                lease = await claim_when_free(self._outcomes, command_id, fresh=delivery.replay)
-            except REDIS_UNAVAILABLE:
-                await self._outages.wait_for_redis()
-                continue
-            self._outages.redis_answered()
-            return lease
-
-    async def _release(self, delivery: Delivery, lease: Leased | None) -> None:
-        """Let go of the lease; with Redis away it expires on its own (the lease time)."""
-        if lease is None:
-            return
-        try:
-            await self._outcomes.release(delivery.message_id or "", lease.token)
-        except REDIS_UNAVAILABLE:
-            self._outages.redis_failed()
-
-    async def _call(
-        self, spec: CommandSpec | None, delivery: Delivery, prepared: Prepared | WorkerError
-    ) -> Outcome:
-        if isinstance(prepared, WorkerError):
-            return self._failed(spec, delivery, prepared)
-        command, request = prepared
-        assert spec is not None  # a prepared command has a spec
-        try:
-            response = await self._api.send(request)
-            result = _result(response, spec, command)
-        except WorkerError as error:
-            return self._failed(spec, delivery, error)
-        if spec.success_event is None:
-            return Outcome(None, status=response.status, command=command)
-        command_id = delivery.message_id or ""
-        event = success(
-            spec.success_event,
-            command_id=command_id,
-            correlation_id=delivery.correlation_id or command_id,
-            result=result,
-            attempts=response.attempts,
-            now=self._now(),
-        )
-        return Outcome(event, status=response.status, command=command)
-
     async def _conclude(
-        self, spec: CommandSpec | None, delivery: Delivery, outcome: Outcome, lease: Leased | None
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        outcome: Outcome,
+        lease: Leased | Orphaned | None,
     ) -> None:
         """Follow the job if asked, record the outcome, dead-letter a fault, publish."""
         command_id = delivery.message_id or ""
@@ -298,15 +442,26 @@ class Pipeline:
         if lease is not None:
             # Final, retriable or not (its delays are spent): a re-send gets this same event.
             # An operator's `dlq replay` is how a final failure is tried again.
+            body = encoded.body if encoded else b""
             try:
-                await self._outcomes.record(
-                    command_id, lease.token, encoded.body if encoded else b""
+                recorded = await self._outcomes.record(
+                    command_id, lease.token, body, replace=delivery.replay
                 )
             except REDIS_UNAVAILABLE:
                 # The API acted: its outcome is published (and the command acked) all the
                 # same; only a re-send of this id would be worked again.
                 self._outages.redis_failed()
                 log.debug("outcome published without its record: redis does not answer")
+            else:
+                if recorded != body:
+                    # Our lease ended while we worked and another holder concluded the
+                    # command first: its outcome is the command's one.
+                    log.warning("another holder recorded this command's outcome first")
+                    if recorded:
+                        await self._publisher.publish(
+                            EncodedEvent.parse(recorded), delivery.reply_to
+                        )
+                    return
         if encoded is not None:
             if error is not None and error.dead_letter:
                 await self._publisher.dead_letter(delivery, encoded, error)
@@ -352,6 +507,9 @@ class Pipeline:
             now=self._now(),
         )
         return Outcome(event, error, error.status)
+
+
+_NOT_HELD = contextlib.nullcontext()
 
 
 def _log_finished(outcome: Outcome, started: float) -> None:

@@ -8,14 +8,14 @@ Redis Cluster keeps a key in the hash slot of its hash tag, the text between its
 the first `}` after it (the whole key when that text is empty or absent), and a script may only
 touch keys of one slot. So the keys one script touches share a tag:
 
-- a command's outcome and lease: `<prefix>:outcome:{<prefix>:<id>}` and
-  `<prefix>:lease:{<prefix>:<id>}`. The prefix has no braces (settings), so the tag opens at the
-  brace we put after `outcome:` or `lease:`; everything from there on is the same text in both
-  keys, so wherever the first `}` falls (in the id, which is producer input, or the one we put
-  last) both keys get the same tag, and never an empty one: it starts with the prefix. An id
-  with a `}` only moves its records to another slot. The id is the whole rest of the key, so
-  two ids never share a key, and the text before the brace tells outcome, lease and budget
-  apart;
+- a command's outcome, lease and mark of a sent request: `<prefix>:outcome:{<prefix>:<id>}`,
+  `<prefix>:lease:{<prefix>:<id>}` and `<prefix>:sent:{<prefix>:<id>}`. The prefix has no
+  braces (settings), so the tag opens at the brace we put after `outcome:`, `lease:` or
+  `sent:`; everything from there on is the same text in the three keys, so wherever the first
+  `}` falls (in the id, which is producer input, or the one we put last) they get the same tag,
+  and never an empty one: it starts with the prefix. An id with a `}` only moves its records to
+  another slot. The id is the whole rest of the key, so two ids never share a key, and the text
+  before the brace tells outcome, lease, mark and budget apart;
 - the budget's bucket state: one hash, `<prefix>:limiter:{<prefix>}`;
 - each circuit breaker's state: one hash, `<prefix>:breaker:<name>:{<prefix>}` (the name is
   ours: `api`, `token_endpoint`).
@@ -42,6 +42,11 @@ class RedisKeys:
     def lease(self, command_id: str) -> str:
         """Held while one replica works on a command, so another does not start it too."""
         return f"{self.prefix}:lease:{{{self.prefix}:{command_id}}}"
+
+    def sent(self, command_id: str) -> str:
+        """Set just before a request that is not safe to repeat leaves: an orphan so marked
+        is concluded, never sent again."""
+        return f"{self.prefix}:sent:{{{self.prefix}:{command_id}}}"
 
     def breaker(self, name: str) -> str:
         """The state of the circuit breaker in front of one dependency, shared by replicas."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.api import ApiResponse
+from service.api import ApiResponse, BeforeSending
 from service.app import Worker
 from service.commands import ApiRequest
 from service.delivery import Delivery
@@ -24,9 +24,18 @@ class FakeApi:
         self.answers = list(answers)
         self.requests: list[ApiRequest] = []
 
-    async def send(self, request: ApiRequest) -> ApiResponse:
-        self.requests.append(request)
+    async def send(
+        self, request: ApiRequest, *, before_sending: BeforeSending | None = None
+    ) -> ApiResponse:
+        """The next answer: an `ApiResponse` or a `WorkerError` comes after the request left
+        (`before_sending` runs first, as in the real client); any other exception (a crash,
+        `DependencyDown`) before it left."""
         answer = self.answers.pop(0)
+        if isinstance(answer, Exception) and not isinstance(answer, WorkerError):
+            raise answer
+        if before_sending is not None:
+            await before_sending()
+        self.requests.append(request)
         if isinstance(answer, Exception):
             raise answer
         return answer

@@ -161,16 +161,20 @@ class FlakyRedisOutcomes(MemoryOutcomes):
         self.claims_failing = claims_failing
         self.records_fail = records_fail
 
-    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
+    async def claim(
+        self, command_id: str, *, fresh: bool = False, unsent_token: str | None = None
+    ) -> Claim:
         if self.claims_failing:
             self.claims_failing -= 1
             raise RedisConnectionError("Connection refused")
-        return await super().claim(command_id, fresh=fresh)
+        return await super().claim(command_id, fresh=fresh, unsent_token=unsent_token)
 
-    async def record(self, command_id: str, token: str, event: bytes) -> None:
+    async def record(
+        self, command_id: str, token: str, event: bytes, *, replace: bool = False
+    ) -> bytes:
         if self.records_fail:
             raise RedisConnectionError("Connection refused")
-        await super().record(command_id, token, event)
+        return await super().record(command_id, token, event, replace=replace)
 
 
 def waiting_pipeline(
