@@ -4,6 +4,7 @@ command id holds."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
-from service.idempotency import Busy, Leased, Recorded, RedisOutcomes
+from service.idempotency import Busy, Leased, Orphaned, Recorded, RedisOutcomes
 from service.limiter import Bucket, RedisLimiter, State, pause, reserve, take
 from service.redis_connection import RedisClient, connect_redis
 from service.redis_keys import RedisKeys
@@ -124,18 +125,69 @@ async def test_claim_record_and_release(store: tuple[RedisClient, RedisKeys]) ->
         assert isinstance(await outcomes.claim(command_id, fresh=True), Leased)
 
 
+async def test_a_request_marked_sent_makes_its_orphan_a_conclusion_not_a_second_send(
+    store: tuple[RedisClient, RedisKeys],
+) -> None:
+    """The recovery point on a plain Redis and on a Cluster: an orphan marked sent is
+    `Orphaned` for whoever takes it over; a holder whose lease is gone may not mark; a lease
+    is renewed while held; the first outcome recorded stays."""
+    client, keys = store
+    outcomes = RedisOutcomes(client, keys, ttl=60, lease=0.3)
+    for command_id in ["c1", *HOSTILE_IDS]:
+        first = await outcomes.claim(command_id)
+        assert isinstance(first, Leased)
+        assert await outcomes.renew(command_id, first.token)
+        assert await outcomes.mark_sent(command_id, first.token)
+        await asyncio.sleep(0.4)  # its holder died: the lease ends, the mark stays
+        assert not await outcomes.renew(command_id, first.token)
+        taken = await outcomes.claim(command_id)
+        assert isinstance(taken, Orphaned)
+        assert not await outcomes.mark_sent(command_id, first.token), "not the holder now"
+        assert await outcomes.record(command_id, taken.token, b"unknown") == b"unknown"
+        assert await outcomes.record(command_id, first.token, b"created") == b"unknown"
+        assert await outcomes.claim(command_id) == Recorded(b"unknown")
+        replay = await outcomes.claim(command_id, fresh=True)
+        assert isinstance(replay, Leased), "an operator's replay sends it afresh"
+        await outcomes.record(command_id, replay.token, b"created", replace=True)
+        assert await outcomes.claim(command_id) == Recorded(b"created")
+
+
+async def test_only_a_release_that_proves_nothing_was_sent_drops_the_mark(
+    store: tuple[RedisClient, RedisKeys],
+) -> None:
+    client, keys = store
+    outcomes = RedisOutcomes(client, keys, ttl=60, lease=5)
+    kept = await outcomes.claim("kept")
+    assert isinstance(kept, Leased)
+    assert await outcomes.mark_sent("kept", kept.token)
+    await outcomes.release("kept", kept.token)
+    assert isinstance(await outcomes.claim("kept"), Orphaned)
+    dropped = await outcomes.claim("dropped")
+    assert isinstance(dropped, Leased)
+    assert await outcomes.mark_sent("dropped", dropped.token)
+    await outcomes.release("dropped", dropped.token, unsent=True)
+    assert isinstance(await outcomes.claim("dropped"), Leased)
+    # A release Redis never heard: the same holder claims again with its token, and the mark
+    # it left (nothing followed it) goes; anyone else's mark stays.
+    again = await outcomes.claim("again")
+    assert isinstance(again, Leased)
+    assert await outcomes.mark_sent("again", again.token)
+    assert await outcomes.claim("again", unsent_token=again.token) == Leased(again.token)
+    assert isinstance(await outcomes.claim("again", unsent_token="not-the-marker"), Busy)
+
+
 async def test_a_claim_run_twice_for_one_call_is_leased_both_times(
     redis: Redis, redis_prefix: str
 ) -> None:
     """redis-py retries a call whose answer was lost: the second run finds its own lease."""
     keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
     outcomes = RedisOutcomes(redis, keys, ttl=60, lease=5)
-    lease_args = ["the-token", "5000", "0"]
+    lease_args = ["the-token", "5000", "0", "0"]
     claim = outcomes._claim
-    command_keys = [keys.outcome("c1"), keys.lease("c1")]
+    command_keys = [keys.outcome("c1"), keys.lease("c1"), keys.sent("c1")]
     assert await claim(keys=command_keys, args=lease_args) == [b"leased"]
     assert await claim(keys=command_keys, args=lease_args) == [b"leased"]
-    assert (await claim(keys=command_keys, args=["another", "5000", "0"]))[0] == b"busy"
+    assert (await claim(keys=command_keys, args=["another", "5000", "0", "0"]))[0] == b"busy"
 
 
 async def test_the_url_chooses_the_database_and_the_user(redis: Redis, redis_prefix: str) -> None:
@@ -146,7 +198,7 @@ async def test_the_url_chooses_the_database_and_the_user(redis: Redis, redis_pre
     await redis.acl_setuser(
         user, enabled=True, passwords=[f"+{password}"], keys=[f"{prefix}:*"],
         commands=["+evalsha", "+eval", "+script|load", "+select", "+ping", "+info", "+time",
-                  "+get", "+set", "+del", "+pttl", "+hmget", "+hset"],
+                  "+get", "+set", "+del", "+pttl", "+pexpire", "+hmget", "+hset"],
     )  # fmt: skip
     base = REDIS_URL.split("//", 1)[1].rsplit("/", 1)[0]
     authorised = connect_redis(load_settings(redis_url=f"redis://{user}:{password}@{base}/5"))
