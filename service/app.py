@@ -14,8 +14,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import aiormq
 import httpx
 import structlog
+from aio_pika.abc import AbstractChannel
+from aiormq.exceptions import AMQPError
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitMessage, RabbitQueue
@@ -177,6 +180,7 @@ class Worker:
         )
         self.probes = Probes(self.metrics, self.readiness)
         self._consuming = False
+        self._subscribed: list[RabbitQueue] = []
         topology = self.topology
         trust = Trust.of(topology.own_exchanges, settings.reply_to_pattern, settings.queue_prefix)
         for spec in COMMANDS:
@@ -228,6 +232,7 @@ class Worker:
     ) -> None:
         """Ack after the handler returns; an unexpected crash is nacked and comes back (bounded
         by the queue's delivery limit). FastStream's own replies are off: we publish events."""
+        self._subscribed.append(queue)
         self.broker.subscriber(
             queue,
             exchange,
@@ -241,6 +246,7 @@ class Worker:
             "consuming": self._consuming,
             "broker": self._consuming and await self.broker.ping(timeout=1.0),
         }
+        checks["consumers"] = checks["broker"] and await self._every_consumer_consumes()
         if self.redis is not None:
             try:
                 async with asyncio.timeout(1.0):
@@ -261,6 +267,28 @@ class Worker:
             except (*REDIS_UNAVAILABLE, TimeoutError):
                 checks[breaker.name] = not breaker.is_open
         return checks
+
+    async def _every_consumer_consumes(self) -> bool:
+        """Each subscribed queue has its consumer on a live channel. aio-pika restores them
+        after a reconnect; FastStream issue #2758 saw them not come back after a node loss,
+        and a replica that consumes nothing must not look ready."""
+        expected: dict[int, int] = {}
+        channels: dict[int, AbstractChannel] = {}
+        for queue in self._subscribed:
+            # The declarer's own object (no I/O): the one the subscriber consumes on.
+            channel = (await self.broker.declare_queue(queue)).channel
+            channels[id(channel)] = channel
+            expected[id(channel)] = expected.get(id(channel), 0) + 1
+        for key, channel in channels.items():
+            try:
+                underlay = await channel.get_underlay_channel()
+            except AMQPError:
+                return False
+            if not isinstance(underlay, aiormq.Channel) or underlay.is_closed:
+                return False
+            if len(underlay.consumers) < expected[key]:
+                return False
+        return True
 
     async def start(self) -> None:
         await self.probes.start(self.settings.http_host, self.settings.http_port)

@@ -149,7 +149,11 @@ class LeaseKeeper:
         try:
             yield
         finally:
-            self._held.pop(key, None)
+            self.let_go(command_id, token)
+
+    def let_go(self, command_id: str, token: str) -> None:
+        """Stop renewing: the lease is being recorded or released."""
+        self._held.pop((command_id, token), None)
 
     async def _renew_while_held(self) -> None:
         while self._held:

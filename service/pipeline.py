@@ -155,8 +155,12 @@ class Detached:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("a detached command ended in a crash", exc_info=task.exception())
+        if not task.cancelled() and (crash := task.exception()) is not None:
+            # Mostly a publish on the lost channel: the outcome is recorded by then.
+            log.warning(
+                "a detached command ended early; its next delivery answers it",
+                error=type(crash).__name__,
+            )
 
     async def finish(self, within: float) -> None:
         """Wait for them up to `within` seconds, then cancel the rest (their request's mark
@@ -205,7 +209,10 @@ class Pipeline:
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
-            if held.requested and not work.done():
+            if work.done():
+                # It ended as the delivery went; the delivery comes again either way.
+                _ = work.cancelled() or work.exception()
+            elif held.requested:
                 log.warning("delivery lost while its request was out: finishing the command")
                 self.detached.keep(work)
             else:
@@ -332,8 +339,10 @@ class Pipeline:
         """Let go of the lease; with Redis away it expires on its own (the lease time)."""
         if lease is None:
             return
+        command_id = delivery.message_id or ""
+        self._leases.let_go(command_id, lease.token)
         try:
-            await self._outcomes.release(delivery.message_id or "", lease.token, unsent=unsent)
+            await self._outcomes.release(command_id, lease.token, unsent=unsent)
         except REDIS_UNAVAILABLE:
             self._outages.redis_failed()
 
@@ -443,6 +452,7 @@ class Pipeline:
             # Final, retriable or not (its delays are spent): a re-send gets this same event.
             # An operator's `dlq replay` is how a final failure is tried again.
             body = encoded.body if encoded else b""
+            self._leases.let_go(command_id, lease.token)
             try:
                 recorded = await self._outcomes.record(
                     command_id, lease.token, body, replace=delivery.replay

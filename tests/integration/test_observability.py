@@ -8,13 +8,15 @@ import re
 import uuid
 from pathlib import Path
 
+import aiormq
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import Worker
+from service.commands import COMMANDS
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.support import SpawnWorkers, StartWorker, worker_settings
+from tests.support import SpawnWorkers, StartWorker, rabbitmqctl, worker_settings
 
 
 def body(document: object) -> bytes:
@@ -39,11 +41,38 @@ async def test_readyz_is_503_until_the_broker_is_connected(
             assert after.json()["checks"] == {
                 "consuming": True,
                 "broker": True,
+                "consumers": True,
                 "api": True,
                 "token_endpoint": True,
             }
     finally:
         await worker.stop()
+
+
+async def test_after_the_broker_drops_the_connection_every_consumer_consumes_again(
+    amqp_url: str, start_worker: StartWorker, sim: SimulatorHandle
+) -> None:
+    """aio-pika restores the consumers (FastStream #2758 saw them not come back); readiness
+    checks each one, and says so when one is missing."""
+    worker = await start_worker()
+    vhost = amqp_url.rsplit("/", 1)[1]
+    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
+        pid, _, connection_vhost = line.partition("\t")
+        if connection_vhost == vhost:
+            rabbitmqctl("close_connection", pid, "test: the broker drops the worker")
+    async with asyncio.timeout(30):
+        while not (await worker.readiness())["consumers"]:
+            await asyncio.sleep(0.2)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        async with asyncio.timeout(20):
+            answer = await producer.request("workspace.create", body({"name": "after"}))
+    assert answer["type"] == "workspace.created"
+    # A consumer gone under the library (cancelled behind aio-pika's back): not ready.
+    queue = await worker.broker.declare_queue(worker.topology.command_queue(COMMANDS[0]))
+    underlay = await queue.channel.get_underlay_channel()
+    assert isinstance(underlay, aiormq.Channel)
+    await underlay.basic_cancel(next(iter(underlay.consumers)))
+    assert (await worker.readiness())["consumers"] is False
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
