@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,15 @@ def percentile(values: Sequence[float], share: float) -> float:
     """The value below which `share` of `values` lie (nearest rank); NaN for none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def sent_twice(simulator: SimulatorHandle, method: str = "POST") -> list[str]:
+    """Body digests of the `method` requests the simulator received more than once: a command
+    whose request left twice (the tests give each command a body of its own)."""
+    digests = Counter(
+        entry.body_digest for entry in simulator.requests(kind="api") if entry.method == method
+    )
+    return [digest for digest, count in digests.items() if digest is not None and count > 1]
 
 
 ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"

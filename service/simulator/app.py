@@ -3,6 +3,7 @@ the admin endpoints."""
 
 from __future__ import annotations
 
+import hashlib
 from http import HTTPStatus
 from typing import Any
 
@@ -141,6 +142,10 @@ class RequestRecorder:
     It wraps the whole application, so even unknown paths and unhandled errors are logged. A
     request the application did not answer (Starlette answers everything else, errors included)
     had its answer dropped: its status stays null and the connection is closed.
+
+    The body is read on arrival, as a real server has it once the request is received: a client
+    that goes away while the request waits (injected latency) does not take it back, the
+    request takes effect all the same. Its digest is logged.
     """
 
     def __init__(self, app: ASGIApp, state: SimulatorState) -> None:
@@ -161,6 +166,18 @@ class RequestRecorder:
             _kind(path),
             traceparent.decode("latin-1")[:64] if traceparent is not None else None,
         )
+        body, ended = await _whole_body(receive)
+        if body:
+            entry.body_digest = hashlib.sha256(body).hexdigest()[:16]
+        given = False
+
+        async def receive_given() -> Message:
+            nonlocal given
+            if given or not ended:
+                return await receive()
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
         answered = False
 
         async def send_recording(message: Message) -> None:
@@ -170,8 +187,20 @@ class RequestRecorder:
                 entry.status = message["status"]
             await send(message)
 
-        await self._app(scope, receive, send_recording)
+        await self._app(scope, receive_given, send_recording)
         return None if answered else DROPPED
+
+
+async def _whole_body(receive: Receive) -> tuple[bytes, bool]:
+    """The request's body, and whether it all arrived (False: the client left first)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
 
 
 def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:

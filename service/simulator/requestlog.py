@@ -29,6 +29,9 @@ class RecordedRequest:
     retry_after: int | None = None
     traceparent: str | None = None
     """The W3C trace context the request carried (never any other header: no tokens)."""
+    body_digest: str | None = None
+    """The first 16 hex digits of the SHA-256 of the request's body, when it had one: tests tell
+    a request sent twice from two requests without reading what the bodies say."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -40,6 +43,8 @@ class RecordedRequest:
         }
         if self.traceparent is not None:
             data["traceparent"] = self.traceparent
+        if self.body_digest is not None:
+            data["body_digest"] = self.body_digest
         if self.kind == "storm":
             data["until"] = self.until
             data["retry_after"] = self.retry_after

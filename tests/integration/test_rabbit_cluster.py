@@ -22,7 +22,7 @@ import pytest
 
 from service.simulator import SimulatorHandle
 from tests.rabbit_cluster import RabbitCluster
-from tests.support import REDIS_URL, WorkerProcess, worker_settings
+from tests.support import REDIS_URL, WorkerProcess, sent_twice, worker_settings
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +173,7 @@ def check_outcomes(
         assert all(event == events[0] for event in events), "repeats are the same event"
     posts = [r for r in sim.requests(kind="api") if r.method == "POST"]
     assert len(posts) == len(names), "every POST left exactly once"
+    assert sent_twice(sim) == []
     assert {r.status for r in posts} == {201}
     assert all(worker.process.poll() is None for worker in workers), "the workers live on"
 
