@@ -80,6 +80,46 @@ class ApiRequest:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """How to find what a create made, when its answer was lost with the worker that sent it:
+    list the resources (GET, safe to repeat) and pick the one whose `match` fields equal the
+    command's. Exactly one match is the command's true outcome; none or several leave it
+    unknown (`OutcomeUnknown`)."""
+
+    path: str
+    """Template; its `{placeholders}` are command fields (JSON names), as a spec's path."""
+    list_key: str
+    """The key of the list in the answer (`applications`, `repositories`)."""
+    match: tuple[str, ...]
+    """Fields (JSON names) of the command that the resource made from it carries unchanged."""
+    query: tuple[str, ...] = ()
+    """Command fields sent as query parameters, when given (narrowing the list)."""
+    max_pages: int = 20
+    """Pages read at most (a paged list gives its next page's `continuationToken`)."""
+
+    def request(self, command: Command, continuation: str | None = None) -> ApiRequest:
+        named = command.model_dump(mode="json", by_alias=True, exclude_none=True)
+        path_fields = [name for _, name, _, _ in string.Formatter().parse(self.path) if name]
+        values = {name: quote(str(named[name]), safe="") for name in path_fields}
+        query = tuple((name, str(named[name])) for name in self.query if name in named)
+        if continuation is not None:
+            query += ((NEXT_PAGE_PARAMETER, continuation),)
+        return ApiRequest("GET", self.path.format(**values), None, self.path, query=query)
+
+    def found(self, command: Command, document: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The resources of one page of the list that the command made."""
+        named = command.model_dump(mode="json", by_alias=True)
+        items = document.get(self.list_key)
+        if not isinstance(items, list):
+            raise UnexpectedAnswer(f"The API's answer has no '{self.list_key}' list.")
+        return [
+            item
+            for item in items
+            if isinstance(item, dict) and all(item.get(key) == named[key] for key in self.match)
+        ]
+
+
+@dataclass(frozen=True)
 class CommandSpec:
     """How one routing key becomes an API call and an event."""
 
@@ -101,6 +141,9 @@ class CommandSpec:
     result: ResultShape = "object"
     repeatable: bool | None = None
     """Overrides the method's rule for repeating after a lost answer (see `ApiRequest`)."""
+    lookup: Lookup | None = None
+    """For a create the API can tell about: how to find its outcome when the worker that sent
+    it stopped before recording the answer (else that outcome is unknown)."""
     path_fields: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -243,6 +286,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
         path=REPOSITORIES_PATH,
         result_key="repository",
         success_event="repository.created",
+        lookup=Lookup(
+            REPOSITORIES_PATH,
+            "repositories",
+            match=("class", "subClass", "uri"),
+            query=("class", "subClass"),
+        ),
     ),
     CommandSpec(
         routing_key="application.create",
@@ -251,6 +300,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         path=APPLICATIONS_PATH,
         result_key="application",
         success_event="application.created",
+        lookup=Lookup(APPLICATIONS_PATH, "applications", match=("displayName", "version")),
     ),
     CommandSpec(
         routing_key="job.submit",

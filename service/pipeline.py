@@ -31,7 +31,13 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from service.api import ApiResponse, BeforeSending
-from service.commands import ApiRequest, CommandSpec, UnexpectedAnswer, failure_event_type
+from service.commands import (
+    ApiRequest,
+    CommandSpec,
+    UnexpectedAnswer,
+    failure_event_type,
+    next_token,
+)
 from service.delivery import Delivery
 from service.errors import (
     ApiError,
@@ -293,7 +299,7 @@ class Pipeline:
             ):
                 try:
                     if isinstance(claim, Orphaned):
-                        outcome = self._orphaned(spec, delivery)
+                        outcome = await self._orphaned(spec, delivery, prepared)
                     else:
                         outcome = await self._call(spec, delivery, prepared, held)
                 except DependencyDown as down:
@@ -390,12 +396,52 @@ class Pipeline:
         )
         return Outcome(event, status=response.status, command=command)
 
-    def _orphaned(self, spec: CommandSpec | None, delivery: Delivery) -> Outcome:
-        """A replica sent the command's request and stopped before recording its answer."""
+    async def _orphaned(
+        self, spec: CommandSpec | None, delivery: Delivery, prepared: Prepared | WorkerError
+    ) -> Outcome:
+        """A replica sent the command's request and stopped before recording its answer: find
+        what it made where the API can tell (`CommandSpec.lookup`), else the outcome is
+        unknown. The request is never sent again."""
         log.warning("an earlier holder sent the request and left no outcome: not sent again")
+        lookup = spec.lookup if spec is not None else None
+        if lookup is None or spec is None or spec.success_event is None:
+            return self._unknown(spec, delivery, "")
+        if isinstance(prepared, WorkerError):  # it was valid when it was sent
+            return self._failed(spec, delivery, prepared)
+        command, _ = prepared
+        matches: list[dict[str, Any]] = []
+        continuation: str | None = None
+        try:
+            for _ in range(lookup.max_pages):
+                response = await self._api.send(lookup.request(command, continuation))
+                matches += lookup.found(command, response.document)
+                continuation = next_token(response.document)
+                if continuation is None:
+                    break
+        except WorkerError as error:
+            return self._unknown(spec, delivery, f" Looking it up failed ({error.code}).")
+        except UnexpectedAnswer:
+            return self._unknown(spec, delivery, " Looking it up met an unexpected answer.")
+        if len(matches) != 1:
+            return self._unknown(
+                spec, delivery, f" Looking it up found {len(matches)} that match it."
+            )
+        log.info("the lost request's outcome was found: it took effect")
+        command_id = delivery.message_id or ""
+        event = success(
+            spec.success_event,
+            command_id=command_id,
+            correlation_id=delivery.correlation_id or command_id,
+            result=matches[0],
+            attempts=1,
+            now=self._now(),
+        )
+        return Outcome(event, command=command)
+
+    def _unknown(self, spec: CommandSpec | None, delivery: Delivery, looked: str) -> Outcome:
         error = OutcomeUnknown(
             "A worker sent this request and stopped before its answer was recorded; it may "
-            "have taken effect, so it was not sent again."
+            f"have taken effect, so it was not sent again.{looked}"
         )
         return self._failed(spec, delivery, error)
 

@@ -216,3 +216,79 @@ async def test_a_lease_lost_before_the_send_sends_nothing_and_waits_for_the_hold
     await worker.handle(CREATE, delivery())
     assert api.requests == []
     assert publisher.published == [], "the other holder's (empty) record is the outcome"
+
+
+APPLICATION = BY_ROUTING_KEY["application.create"]
+MINE = {"id": "a1", "displayName": "Mine", "version": "2"}
+
+
+def application() -> Delivery:
+    return Delivery(
+        body=b'{"displayName": "Mine", "version": "2"}',
+        routing_key="application.create",
+        message_id="a1",
+    )
+
+
+async def orphan(outcomes: MemoryOutcomes, command_id: str) -> None:
+    """A holder that marked the command's request sent, then died."""
+    first = await outcomes.claim(command_id)
+    assert isinstance(first, Leased)
+    assert await outcomes.mark_sent(command_id, first.token)
+    await asyncio.sleep(0.1)
+
+
+def page(*applications: dict[str, Any], next_token: str | None = None) -> ApiResponse:
+    document: dict[str, Any] = {"applications": list(applications)}
+    if next_token is not None:
+        href = f"https://api.example/library/applications?continuationToken={next_token}"
+        document["_links"] = {"next": {"href": href}}
+    return ApiResponse(200, document, 1)
+
+
+async def test_an_orphaned_create_the_api_can_tell_about_is_looked_up_not_sent() -> None:
+    """An application is found by its name and version, on whichever page it is."""
+    outcomes = MemoryOutcomes(ttl=60, lease=0.05)
+    await orphan(outcomes, "a1")
+    other = {"id": "a0", "displayName": "Mine", "version": "1"}
+    api = FakeApi(page(other, next_token="p2"), page(MINE))
+    publisher = FakePublisher()
+    await bootstrapped(api, publisher, outcomes).pipeline.handle(APPLICATION, application())
+    assert [(r.method, r.path, r.query) for r in api.requests] == [
+        ("GET", "/library/applications", ()),
+        ("GET", "/library/applications", (("continuationToken", "p2"),)),
+    ]
+    assert publisher.published[0]["type"] == "application.created"
+    assert publisher.published[0]["result"] == MINE
+    assert publisher.dead == []
+
+
+async def test_an_orphaned_create_not_found_is_an_unknown_outcome() -> None:
+    outcomes = MemoryOutcomes(ttl=60, lease=0.05)
+    await orphan(outcomes, "a1")
+    api, publisher = FakeApi(page()), FakePublisher()
+    await bootstrapped(api, publisher, outcomes).pipeline.handle(APPLICATION, application())
+    assert [r.method for r in api.requests] == ["GET"]
+    error = publisher.published[0]["error"]
+    assert error["code"] == "OutcomeUnknown"
+    assert "found 0" in error["message"]
+    assert publisher.dead == ["OutcomeUnknown"]
+
+
+def test_a_repository_is_looked_up_by_its_class_and_uri_in_its_itwin() -> None:
+    spec = BY_ROUTING_KEY["repository.create"]
+    assert spec.lookup is not None
+    command = spec.parse(
+        b'{"iTwinId": "t-1", "class": "GeographicInformationSystem",'
+        b' "subClass": "WebMapService", "uri": "https://maps.example/wms"}'
+    )
+    request = spec.lookup.request(command)
+    assert (request.method, request.path) == ("GET", "/itwins/t-1/repositories")
+    assert request.query == (
+        ("class", "GeographicInformationSystem"),
+        ("subClass", "WebMapService"),
+    )
+    made = {"id": "r1", "class": "GeographicInformationSystem", "subClass": "WebMapService",
+            "uri": "https://maps.example/wms", "displayName": "x"}  # fmt: skip
+    elsewhere = {**made, "id": "r2", "uri": "https://maps.example/other"}
+    assert spec.lookup.found(command, {"repositories": [elsewhere, made]}) == [made]
