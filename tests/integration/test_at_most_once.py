@@ -88,6 +88,8 @@ async def test_three_kills_during_1000_application_creates(
     sim.configure(latency_ms=20)
     rng = random.Random(23)
     names = {f"app-{uuid.uuid4().hex}": "" for _ in range(1000)}
+    worker = WorkerProcess(settings, tmp_path / "worker-0.log")
+    await worker.ready()  # it declares the topology the producer publishes to
     async with Producer(amqp_url, "itwin.commands") as producer:
         for name in names:
             document = {"displayName": name, "version": "1"}
@@ -95,9 +97,14 @@ async def test_three_kills_during_1000_application_creates(
                 "application.create", json.dumps(document).encode()
             )
         for kill in range(3):
-            worker = WorkerProcess(settings, tmp_path / f"worker-{kill}.log")
-            await worker.ready()
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            if kill:
+                worker = WorkerProcess(settings, tmp_path / f"worker-{kill}.log")
+                await worker.ready()
+            # Mid-load: a quarter more of the commands answered, and a little more.
+            async with asyncio.timeout(60):
+                while len({e["commandId"] for e in producer.events}) < 250 * (kill + 1):
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(rng.uniform(0.0, 0.2))
             worker.process.kill()
             await asyncio.to_thread(worker.process.wait)
             worker.stop()
