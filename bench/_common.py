@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,17 @@ AMQP_BASE = os.environ.get("ITWIN_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.
 REDIS_URL = os.environ.get("ITWIN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROUTING_KEY = "workspace.create"
 COMMAND_BODY = b'{"name": "w"}'
+
+
+def command_body(routing_key: str) -> bytes:
+    """A body for one backlog command: workspaces may share a name, applications may not (a
+    second one of a name and version is refused with 409)."""
+    if routing_key == "application.create":
+        return json.dumps({"displayName": f"bench-{uuid.uuid4().hex}", "version": "1"}).encode()
+    return COMMAND_BODY
+
+
+BACKLOG_COMMANDS = ("workspace.create", "application.create")
 
 REPO = Path(__file__).resolve().parents[1]
 PYCACHE_DIR = Path(tempfile.gettempdir()) / "itwin-bench-pycache"
@@ -95,10 +107,10 @@ def bench_vhost() -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def bench_redis_prefix() -> AsyncIterator[tuple[str, Redis]]:
+async def bench_redis_prefix(url: str = REDIS_URL) -> AsyncIterator[tuple[str, Redis]]:
     """A fresh Redis key prefix (and a client); every `<prefix>:*` key is deleted afterwards."""
     prefix = random_name()
-    redis = Redis.from_url(REDIS_URL)
+    redis = Redis.from_url(url)
     try:
         await redis.ping()
         yield prefix, redis
@@ -116,6 +128,12 @@ def broker_pid() -> int | None:
         return int(rabbitmqctl("eval", "os:getpid().").strip().strip('"'))
     except (subprocess.SubprocessError, ValueError, OSError):
         return None
+
+
+async def redis_calls(redis: Redis) -> int:
+    """Commands the server has run (every round trip of a script is one `evalsha`)."""
+    stats = await redis.info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values())
 
 
 async def redis_pid(redis: Redis) -> int | None:
@@ -352,41 +370,49 @@ def spawn_worker(
     return ChildProcess(argv, environment, log_path, cwd=source)
 
 
-def workspace_create_spec() -> CommandSpec:
-    return next(spec for spec in COMMANDS if spec.routing_key == ROUTING_KEY)
+def command_spec(routing_key: str = ROUTING_KEY) -> CommandSpec:
+    return next(spec for spec in COMMANDS if spec.routing_key == routing_key)
 
 
-async def declare_topology(settings: Settings) -> str:
-    """Declare, exactly as the worker does, the command and event exchanges and the
-    `workspace.create` quorum queue with its binding, so a backlog can wait for the worker.
+async def declare_topology(settings: Settings, routing_key: str = ROUTING_KEY) -> str:
+    """Declare, exactly as the worker does, the command and event exchanges and the command's
+    quorum queue with its binding, so a backlog can wait for the worker.
 
     Returns the command queue's name.
     """
     topology = Topology.from_settings(settings)
-    queue = topology.command_queue(workspace_create_spec())
+    queue = topology.command_queue(command_spec(routing_key))
     broker = RabbitBroker(settings.amqp_url, logger=None)
     await broker.connect()
     try:
         commands = await broker.declare_exchange(topology.commands)
         await broker.declare_exchange(topology.events)
         declared = await broker.declare_queue(queue)
-        await declared.bind(commands, routing_key=ROUTING_KEY)
+        await declared.bind(commands, routing_key=routing_key)
     finally:
         await broker.stop()
     return queue.name
 
 
 async def publish_backlog(
-    producer: Producer, count: int, *, reply: bool = False, chunk: int = 250
+    producer: Producer,
+    count: int,
+    *,
+    reply: bool = False,
+    chunk: int = 250,
+    routing_key: str = ROUTING_KEY,
 ) -> list[str]:
-    """Publish `count` workspace.create commands (persistent, confirmed, `chunk` in flight).
+    """Publish `count` commands (persistent, confirmed, `chunk` in flight).
 
     Returns their message ids, in publishing order.
     """
     ids: list[str] = []
     while len(ids) < count:
         size = min(chunk, count - len(ids))
-        batch = [producer.publish(ROUTING_KEY, COMMAND_BODY, reply=reply) for _ in range(size)]
+        batch = [
+            producer.publish(routing_key, command_body(routing_key), reply=reply)
+            for _ in range(size)
+        ]
         ids += await asyncio.gather(*batch)
     return ids
 

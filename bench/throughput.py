@@ -40,10 +40,12 @@ Figures:
 commits: `git archive <commit> service | tar -x -C DIR`).
 
 `--rate R` instead runs the worker alone at a real budget: limiter on at R calls/s (burst
-`--burst`, default 20), a 5 000-command backlog, `--latency-ms` as given (default 50 here), one
-run per latency. It prints the worker's CPU as a share of one core while it drains, and the
-budget's utilisation: API calls after the first `burst` ones, per second between that call and
-the last, over R (as the simulator's request log sees them).
+`--burst`, default 20), a 5 000-command backlog of `--command` (workspace.create, or
+application.create with a name of its own each), `--latency-ms` as given (default 50 here), one
+run per latency, with a Redis server of the bench's own. It prints the worker's CPU as a share
+of one core while it drains and per command, the Redis round trips per command (the commands
+that Redis ran), and the budget's utilisation: API calls after the first `burst` ones, per
+second between that call and the last, over R (as the simulator's request log sees them).
 
 `--memory` instead drains a 10 000-command backlog with the worker alone and samples its VmRSS
 every 100 ms: RSS at ready, steady state (median of the samples taken after 20 % of the backlog),
@@ -63,8 +65,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from bench._common import (
+    BACKLOG_COMMANDS,
     REDIS_URL,
+    ROUTING_KEY,
     ChildProcess,
     EventCounter,
     Simulator,
@@ -79,6 +85,7 @@ from bench._common import (
     publish_backlog,
     purge_queue,
     queue_depth,
+    redis_calls,
     redis_pid,
     spawn_worker,
     status_mib,
@@ -89,7 +96,7 @@ from bench._variants import Config
 from bench.otlp_sink import READY as OTLP_READY
 from service.producer import Producer
 from service.settings import Settings
-from tests.support import free_port
+from tests.support import RedisServers, free_port
 
 VARIANTS = ("a", "b", "c", "d")
 TRACED = "t"
@@ -123,6 +130,8 @@ class Options:
     rate: float | None = None
     burst: int = 20
     tracing: bool = False
+    command: str = ROUTING_KEY
+    """The backlog's command (`--rate` only: the baselines speak workspace.create)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,8 @@ class Measurement:
     """Cores kept busy by processes outside the benchmark during the window (noise)."""
     rate_range: tuple[float, float] = (0.0, 0.0)
     """Slowest and fastest run, for medians."""
+    redis_calls: int = 0
+    """Commands the bench's Redis ran during the drain (`--rate`: a Redis of the bench's own)."""
 
 
 @dataclass
@@ -163,6 +174,8 @@ class Bench:
     counter: EventCounter
     queue: str
     pids: dict[str, int | None]
+    redis_url: str
+    redis: Redis
     runs: int = 0
     otlp_endpoint: str | None = None
     """The local OTLP receiver of variant t (`--tracing`)."""
@@ -176,7 +189,7 @@ class Bench:
             self.simulator,
             rate_limit_per_second=rate or 100_000.0,
             rate_limit_burst=self.options.burst if rate else 1000,
-            redis_url=REDIS_URL,
+            redis_url=self.redis_url,
             redis_prefix=self.redis_prefix,
             prefetch=self.options.prefetch,
         )
@@ -224,7 +237,8 @@ class Bench:
         """Publish the backlog, start the consumer, wait for every event, stop the consumer."""
         count = count or self.options.commands
         self.simulator.reset(latency_ms)
-        await publish_backlog(self.producer, count)
+        await publish_backlog(self.producer, count, routing_key=self.options.command)
+        calls_before = await redis_calls(self.redis)
         child = self.spawn(variant)
         self.counter.start_round(count, lambda: self.cpu_snapshot(child.pid))
         samples: list[tuple[int, float]] = []
@@ -237,6 +251,7 @@ class Bench:
                 within=60.0 + count / 20, alive=child.alive
             )
             peak = status_mib(child.pid, "VmHWM")
+            calls = await redis_calls(self.redis) - calls_before
         except TimeoutError:
             tail = "\n".join(child.log().splitlines()[-20:])
             raise RuntimeError(
@@ -260,6 +275,7 @@ class Bench:
             peak_rss_mib=peak,
             rss_samples=samples,
             ready_rss_mib=ready_rss,
+            redis_calls=calls,
         )
 
     async def _sample_rss(self, pid: int, samples: list[tuple[int, float]]) -> None:
@@ -291,9 +307,15 @@ async def open_bench(options: Options, amqp_url: str, workdir: Path) -> AsyncIte
     """Simulator process, Redis prefix, topology, producer and observer, all torn down after."""
     async with AsyncExitStack() as stack:
         simulator = stack.enter_context(Simulator(workdir))
-        prefix, redis = await stack.enter_async_context(bench_redis_prefix())
+        redis_url = REDIS_URL
+        if options.rate is not None:
+            # A Redis of its own: its command count is the worker's round trips alone.
+            servers = RedisServers(workdir / "redis")
+            stack.callback(servers.stop)
+            redis_url = (await servers.server()).url
+        prefix, redis = await stack.enter_async_context(bench_redis_prefix(redis_url))
         settings = worker_settings(amqp_url, simulator)
-        queue = await declare_topology(settings)
+        queue = await declare_topology(settings, options.command)
         producer = await stack.enter_async_context(Producer(amqp_url, settings.command_exchange))
         counter = await stack.enter_async_context(EventCounter(amqp_url, settings.event_exchange))
         pids = {
@@ -302,7 +324,10 @@ async def open_bench(options: Options, amqp_url: str, workdir: Path) -> AsyncIte
             "redis": await redis_pid(redis),
             "bench": os.getpid(),
         }
-        bench = Bench(options, amqp_url, workdir, simulator, prefix, producer, counter, queue, pids)
+        bench = Bench(
+            options, amqp_url, workdir, simulator, prefix, producer, counter, queue, pids,
+            redis_url, redis,
+        )  # fmt: skip
         if TRACED in options.variants:
             port = free_port()
             sink = ChildProcess(
@@ -477,17 +502,24 @@ async def run_budget(bench: Bench) -> list[BudgetRun]:
 def print_budget(options: Options, runs: Sequence[BudgetRun]) -> None:
     print(
         f"\nat the budget: itwin-worker alone, limiter in Redis at {options.rate:g} calls/s "
-        f"(burst {options.burst}), {options.commands}-command backlog, prefetch {options.prefetch}"
+        f"(burst {options.burst}), {options.commands} {options.command} commands queued, "
+        f"prefetch {options.prefetch}"
     )
     print("CPU share = the worker's CPU seconds per second of draining (1.0 = one core)")
+    print("CPU ms/cmd = the worker's CPU per command while draining (/proc utime + stime)")
+    print("Redis/cmd = commands its Redis ran per command (each a round trip), whole run")
     print("utilisation = API calls per second after the burst, over the rate (simulator's log)")
-    header = f"{'API':>6} {'cmd/s':>7} {'CPU share':>10} {'utilisation':>12} {'peak RSS':>9}"
+    header = (
+        f"{'API':>6} {'cmd/s':>7} {'CPU share':>10} {'CPU ms/cmd':>11} {'Redis/cmd':>10} "
+        f"{'utilisation':>12} {'peak RSS':>9}"
+    )
     print(header)
     print("-" * len(header))
     for run in runs:
         m = run.measurement
         print(
             f"{m.latency_ms:>4g}ms {m.rate:>7.1f} {run.core_share:>10.3f} "
+            f"{m.cpu_per_1000['consumer']:>11.2f} {m.redis_calls / m.commands:>10.2f} "
             f"{run.utilisation:>12.4f} {m.peak_rss_mib:>6.0f}MiB"
         )
 
@@ -554,6 +586,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--rate", type=float, help="the worker alone at this budget (calls/s)")
     parser.add_argument("--burst", type=int, default=20, help="the budget's burst (--rate; 20)")
     parser.add_argument(
+        "--command",
+        choices=BACKLOG_COMMANDS,
+        default=ROUTING_KEY,
+        help="the backlog's command (--rate; default workspace.create)",
+    )
+    parser.add_argument(
         "--worker-source",
         type=Path,
         help="run d from this directory's service/ package (another version) instead",
@@ -568,6 +606,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         parser.error("--commands must be at least 2, --repeat and --prefetch at least 1")
     if args.rate is not None and (args.rate <= 0 or args.burst < 1 or args.memory):
         parser.error("--rate must be positive, --burst at least 1, and not with --memory")
+    if args.command != ROUTING_KEY and args.rate is None:
+        parser.error("--command is for --rate (the baselines speak workspace.create)")
     latencies = "50" if args.rate and "--latency-ms" not in (argv or sys.argv) else args.latency_ms
     return Options(
         commands=commands,
@@ -580,6 +620,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         rate=args.rate,
         burst=args.burst,
         tracing=args.tracing,
+        command=args.command,
     )
 
 
