@@ -130,10 +130,16 @@ def broker_pid() -> int | None:
         return None
 
 
-async def redis_calls(redis: Redis) -> int:
-    """Commands the server has run (every round trip of a script is one `evalsha`)."""
+_ROUND_TRIP_COMMANDS = ("evalsha", "eval", "ping", "script", "hello", "client", "select", "auth")
+"""What a client sends itself; the commands its scripts run (get, set, ...) count too in Redis's
+`commandstats`, but are no round trip (the worker sends nothing else directly)."""
+
+
+async def redis_round_trips(redis: Redis) -> int:
+    """Round trips clients made to this Redis so far (the bench's own INFO excluded)."""
     stats = await redis.info("commandstats")
-    return sum(int(entry["calls"]) for entry in stats.values())
+    names = {f"cmdstat_{name}" for name in _ROUND_TRIP_COMMANDS}
+    return sum(int(entry["calls"]) for name, entry in stats.items() if name in names)
 
 
 async def redis_pid(redis: Redis) -> int | None:

@@ -85,8 +85,8 @@ from bench._common import (
     publish_backlog,
     purge_queue,
     queue_depth,
-    redis_calls,
     redis_pid,
+    redis_round_trips,
     spawn_worker,
     status_mib,
     terminate_on_sigterm,
@@ -157,8 +157,8 @@ class Measurement:
     """Cores kept busy by processes outside the benchmark during the window (noise)."""
     rate_range: tuple[float, float] = (0.0, 0.0)
     """Slowest and fastest run, for medians."""
-    redis_calls: int = 0
-    """Commands the bench's Redis ran during the drain (`--rate`: a Redis of the bench's own)."""
+    redis_round_trips: int = 0
+    """Round trips to the bench's Redis during the drain (`--rate`: a Redis of its own)."""
 
 
 @dataclass
@@ -238,7 +238,7 @@ class Bench:
         count = count or self.options.commands
         self.simulator.reset(latency_ms)
         await publish_backlog(self.producer, count, routing_key=self.options.command)
-        calls_before = await redis_calls(self.redis)
+        round_trips_before = await redis_round_trips(self.redis)
         child = self.spawn(variant)
         self.counter.start_round(count, lambda: self.cpu_snapshot(child.pid))
         samples: list[tuple[int, float]] = []
@@ -251,7 +251,7 @@ class Bench:
                 within=60.0 + count / 20, alive=child.alive
             )
             peak = status_mib(child.pid, "VmHWM")
-            calls = await redis_calls(self.redis) - calls_before
+            round_trips = await redis_round_trips(self.redis) - round_trips_before
         except TimeoutError:
             tail = "\n".join(child.log().splitlines()[-20:])
             raise RuntimeError(
@@ -275,7 +275,7 @@ class Bench:
             peak_rss_mib=peak,
             rss_samples=samples,
             ready_rss_mib=ready_rss,
-            redis_calls=calls,
+            redis_round_trips=round_trips,
         )
 
     async def _sample_rss(self, pid: int, samples: list[tuple[int, float]]) -> None:
@@ -507,7 +507,7 @@ def print_budget(options: Options, runs: Sequence[BudgetRun]) -> None:
     )
     print("CPU share = the worker's CPU seconds per second of draining (1.0 = one core)")
     print("CPU ms/cmd = the worker's CPU per command while draining (/proc utime + stime)")
-    print("Redis/cmd = commands its Redis ran per command (each a round trip), whole run")
+    print("Redis/cmd = round trips to its Redis per command (scripts, PINGs), whole run")
     print("utilisation = API calls per second after the burst, over the rate (simulator's log)")
     header = (
         f"{'API':>6} {'cmd/s':>7} {'CPU share':>10} {'CPU ms/cmd':>11} {'Redis/cmd':>10} "
@@ -519,7 +519,7 @@ def print_budget(options: Options, runs: Sequence[BudgetRun]) -> None:
         m = run.measurement
         print(
             f"{m.latency_ms:>4g}ms {m.rate:>7.1f} {run.core_share:>10.3f} "
-            f"{m.cpu_per_1000['consumer']:>11.2f} {m.redis_calls / m.commands:>10.2f} "
+            f"{m.cpu_per_1000['consumer']:>11.2f} {m.redis_round_trips / m.commands:>10.2f} "
             f"{run.utilisation:>12.4f} {m.peak_rss_mib:>6.0f}MiB"
         )
 

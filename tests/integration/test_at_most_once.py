@@ -15,11 +15,20 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from service.producer import Producer
 from service.simulator import SimulatorHandle
-from tests.support import REDIS_URL, WorkerProcess, sent_twice, worker_settings
+from tests.support import (
+    REDIS_URL,
+    StartWorker,
+    WorkerProcess,
+    drain_queue,
+    rabbitmqctl,
+    sent_twice,
+    worker_settings,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -166,3 +175,40 @@ async def test_a_command_held_90_s_is_sent_once_though_delivered_twice(
     assert answers[0]["type"] == "workspace.created"
     assert sent_twice(sim) == []
     assert "lease lost" not in holder.log()
+
+
+async def test_a_hung_post_whose_connection_closes_is_not_sent_again(
+    amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker, redis_prefix: str
+) -> None:
+    """The API never answers the POST; meanwhile the broker closes the worker's connection.
+    The command's work goes on without its delivery, ends in OutcomeUnknown at the read
+    timeout, and the delivery that comes back after the reconnect answers from the record."""
+    await start_worker(api_read_timeout_seconds=3.0, **shared_redis(redis_prefix))
+    sink = f"test.hung.{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(
+            sink, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await queue.bind("itwin.events", routing_key="application.create.failed")
+    sim.configure(hang_rate=1.0, hang_seconds=30.0)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        document = {"displayName": "hung", "version": "1"}
+        command_id = await producer.publish(
+            "application.create", json.dumps(document).encode(), reply=False
+        )
+    async with asyncio.timeout(10):
+        while not sim.requests(kind="api"):
+            await asyncio.sleep(0.05)
+    vhost = amqp_url.rsplit("/", 1)[1]
+    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
+        pid, _, connection_vhost = line.partition("\t")
+        if connection_vhost == vhost:  # the worker's: nobody else is connected now
+            rabbitmqctl("close_connection", pid, "test: the broker drops the worker")
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(30):
+        while not any(event["commandId"] == command_id for event in events):
+            events += [json.loads(m.body) for m in await drain_queue(amqp_url, sink, quiet=0.5)]
+    assert {event["error"]["code"] for event in events} == {"OutcomeUnknown"}
+    assert len([r for r in sim.requests(kind="api") if r.method == "POST"]) == 1
