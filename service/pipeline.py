@@ -39,10 +39,10 @@ from service.errors import (
     UnknownCommand,
     WorkerError,
 )
-from service.events import EncodedEvent, Event, failure, success
+from service.events import EncodedEvent, Event, SuccessEvent, failure, success
 from service.idempotency import Leased, OutcomeStore, Recorded, claim_when_free
 from service.jobs import JobFollower
-from service.messages import Command, JobRef
+from service.messages import Command
 from service.metrics import Metrics
 from service.outages import REDIS_UNAVAILABLE, DependencyDown, Outages
 
@@ -261,7 +261,7 @@ class Pipeline:
         command, request = prepared
         assert spec is not None  # a prepared command has a spec
         try:
-            response = await self._api.send(request)
+            response = await self._send(spec, command, request)
             result = _result(response, spec, command)
         except WorkerError as error:
             return self._failed(spec, delivery, error)
@@ -278,21 +278,42 @@ class Pipeline:
         )
         return Outcome(event, status=response.status, command=command)
 
+    async def _send(self, spec: CommandSpec, command: Command, request: ApiRequest) -> ApiResponse:
+        """The call (limiter, token, retries: `service.api`). A refusal that may only mean an
+        earlier attempt of this command took effect (`CommandSpec.confirm`: a repeated cancel)
+        costs one GET that tells; if it shows so, its answer is the command's. Only requests
+        safe to repeat have a `confirm`, so a crash here repeats nothing unsafe."""
+        try:
+            return await self._api.send(request)
+        except ApiError as refusal:
+            check = spec.confirmation(command, refusal)
+            if check is None:
+                raise
+            read = await self._api.send(check)
+            if not spec.confirmed(read.document):
+                raise
+            log.info("refused after a lost answer; the read shows the first attempt took effect")
+            return replace(read, attempts=refusal.attempts + read.attempts)
+
     async def _conclude(
         self, spec: CommandSpec | None, delivery: Delivery, outcome: Outcome, lease: Leased | None
     ) -> None:
         """Follow the job if asked, record the outcome, dead-letter a fault, publish."""
         command_id = delivery.message_id or ""
         command, error = outcome.command, outcome.error
-        if isinstance(command, JobRef) and spec is not None and spec.follows_job:
+        follows = spec.follows if spec is not None and command is not None else None
+        if follows is not None and spec is not None and command is not None:
+            result = outcome.event.result if isinstance(outcome.event, SuccessEvent) else {}
+            job_id = spec.job_to_follow(command, result)
             # Before the record: a crash here makes the command come back and start again;
             # the first poll's id is fixed, so a second start adds no second follower.
             await self._follower.start(
-                command.job_id,
+                job_id,
                 command_id,
                 delivery.correlation_id or command_id,
                 delivery.reply_to,
                 at_once=spec.success_event is None,
+                kind=follows,
             )
         encoded = EncodedEvent.of(outcome.event) if outcome.event is not None else None
         if lease is not None:

@@ -26,6 +26,44 @@ ID = "e47cf092-729a-4ce2-b20e-9b01ad820cdb"
 SCHEMAS = json_schemas.schemas()
 
 SETTINGS = {"quality": "Extra", "processingEngines": 5, "outputs": ["OBJ", "3MX"]}
+RECONSTRUCTION = {
+    "type": "Reconstruction",
+    "name": "Reconstruction",
+    "iTwinId": ITWIN,
+    "specifications": {
+        "inputs": {
+            "scene": ID,
+            "regionOfInterest": "bkt:roi.json",
+            "extent": "bkt:extent.json",
+            "modelingReference": ID,
+            "presets": ["bkt:presets/a.json"],
+            "crsData": "bkt:crs",
+            "futureInput": {"kept": [1, 2.5, None, "x"]},
+        },
+        "outputs": {
+            "modelingReference": True,
+            "exports": [{"format": "3DTiles", "options": {"lodType": "Adaptive"}, "name": "tiles"}],
+        },
+        "options": {"tilingMode": "Adaptive", "tilingValue": 50, "geometricPrecision": "High",
+                    "modelingReferenceType": "Complete", "crs": "EPSG:4326"},
+    },
+}  # fmt: skip
+
+
+def creation(kind: str, specifications: Any, **envelope: Any) -> str:
+    """A `modeling.job.create` body of this type, as JSON text."""
+    return json.dumps({"type": kind, "iTwinId": ITWIN, "specifications": specifications,
+                       **envelope})  # fmt: skip
+
+
+def specs(inputs: Any, outputs: Any, **rest: Any) -> dict[str, Any]:
+    return {"inputs": inputs, "outputs": outputs, **rest}
+
+
+def listing(**criteria: Any) -> str:
+    return json.dumps(criteria)
+
+
 COST = {"gigaPixels": 2.5, "megaPoints": 1, "meshQuality": "Extra"}
 
 # One valid body per command: the base of its mutations.
@@ -70,6 +108,21 @@ VALID: dict[str, dict[str, Any]] = {
     "application.get": {"applicationId": ID},
     "application.update": {"applicationId": ID, "displayName": "Revit", "version": "2020"},
     "application.delete": {"applicationId": ID},
+    "modeling.job.create": RECONSTRUCTION,
+    "modeling.job.get": {"jobId": ID},
+    "modeling.job.cancel": {"jobId": ID},
+    "modeling.job.messages": {"jobId": ID},
+    "modeling.job.follow": {"jobId": ID},
+    "modeling.job.list": {
+        "iTwinId": ITWIN,
+        "state": "Active",
+        "type": "Tiling",
+        "name": "it's a job",
+        "createdAfter": "2025-03-06T09:42:33Z",
+        "createdBefore": "2026-01-01T00:00:00Z",
+        "top": 2,
+        "continuationToken": "MTRmZDkwOGY",
+    },
 }
 
 # Bodies with a known answer, beyond the mutations: (routing key, JSON text, valid?).
@@ -128,6 +181,111 @@ KNOWN: list[tuple[str, str, bool]] = [
     ("application.update", json.dumps({"applicationId": ID, "displayName": "a" * 251,
                                        "version": "1"}), False),
     ("application.update", json.dumps({"applicationId": ID, "displayName": "Revit"}), False),
+    # Reality Modeling v2: the envelope, each type's named fields, everything else passed on.
+    ("modeling.job.create", creation("Objects2D", specs({}, [])), False),
+    ("modeling.job.create", creation("reconstruction", specs({"scene": ID}, {})), False),
+    ("modeling.job.create", json.dumps({"iTwinId": ITWIN, "specifications": specs({}, [])}),
+     False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}), name="ab"),
+     False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}), name="abc"),
+     True),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}), name=None),
+     True),
+    ("modeling.job.create", creation("Reconstruction", specs({}, {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkt:"},
+                                                                {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkt:x"},
+                                                                {})), True),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkt:x\n"},
+                                                                {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkts:x"},
+                                                                {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "extent": ID}, {})),
+     False),
+    ("modeling.job.create", creation("Reconstruction", specs(
+        {"scene": ID}, {"exports": [{"format": "Cesium 3D Tiles"}]})), False),
+    ("modeling.job.create", creation("Reconstruction", specs(
+        {"scene": ID}, {"exports": [{"format": "LAS", "options": {"a": 1e400}}]})), False),
+    ("modeling.job.create", creation("Reconstruction", specs(
+        {"scene": ID}, {"exports": [{"options": {}}]})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}),
+                                     extra=1), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "x": [[1e400]]}, {})),
+     False),
+    ("modeling.job.create", '{"type": "Reconstruction", "iTwinId": "x", "specifications": '
+     '{"inputs": {"scene": "s", "x": NaN}, "outputs": {}}}', False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "x": 10 ** 400}, {})),
+     True),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}, options={
+        "tilingValue": -1})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}, options={
+        "tilingMode": "Irregular"})), False),
+    ("modeling.job.create", creation("Calibration", specs({"scene": ID}, ["scene", "report",
+                                                                          "texturedTiePoints"])),
+     True),
+    ("modeling.job.create", creation("Calibration", specs({"scene": ID}, ["scene", "mesh"])),
+     False),
+    ("modeling.job.create", creation("Calibration", specs({"scene": ID}, {"scene": True})),
+     False),
+    ("modeling.job.create", creation("Tiling", specs({"scene": ID, "regionOfInterest": "bkt:r"},
+                                                     ["modelingReference"],
+                                                     options={"tilingValue": 5.5})), True),
+    ("modeling.job.create", creation("Tiling", specs({"scene": ID}, ["scene"])), False),
+    ("modeling.job.create", creation("Production", specs(
+        {"scene": ID, "modelingReference": ID}, {"exports": [{"format": "OrthophotoDSM"}]})),
+     True),
+    ("modeling.job.create", creation("Production", specs(
+        {"scene": ID}, {"exports": [{"format": "OBJ"}]})), False),
+    ("modeling.job.create", creation("Production", specs(
+        {"scene": ID, "modelingReference": ID}, {})), False),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"imageCollections": [ID]}, ["scene"])), True),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"sceneToComplete": ID}, ["scene"])), True),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"presets": []}, ["scene"])), False),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"sceneToProcess": None}, ["scene"])), False),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"imageCollections": []}, ["scene"])), True),
+    ("modeling.job.create", creation("ImportPointCloud", specs(
+        {"scene": ID, "crsData": "bkt:c"}, ["scanCollection", "scene"])), True),
+    ("modeling.job.create", creation("ImportPointCloud", specs({"scene": ID}, ["mesh"])), False),
+    ("modeling.job.create", creation("GaussianSplats", specs({"anything": [1]}, ["splats"],
+                                                             options={"x": "y"})), True),
+    ("modeling.job.create", creation("Constraints", specs({}, {"constraints": ID})), True),
+    ("modeling.job.create", creation("TouchUpImport", specs([], [])), False),
+    ("modeling.job.create", creation("WaterConstraints", specs({}, "constraints")), False),
+    ("modeling.job.create", creation("TouchUpExport", {"inputs": {}}), False),
+    # The list's criteria: each checked before the worker writes the $filter.
+    ("modeling.job.list", "{}", False),
+    ("modeling.job.list", listing(top=5), False),
+    ("modeling.job.list", listing(iTwinId=None, continuationToken=None), False),
+    ("modeling.job.list", listing(continuationToken="t" * 2048), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN.upper()), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN + "\n"), False),
+    ("modeling.job.list", listing(iTwinId="not-a-guid"), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN + " or state eq 'Active'"), False),
+    ("modeling.job.list", listing(state="active"), False),
+    ("modeling.job.list", listing(state="TerminatingOnCancel"), True),
+    ("modeling.job.list", listing(type="Objects2D"), False),
+    ("modeling.job.list", listing(createdAfter="2025-03-06T09:42:33+00:00"), False),
+    ("modeling.job.list", listing(createdAfter="2025-13-06T09:42:33Z"), False),
+    ("modeling.job.list", listing(createdAfter="2025-03-06T24:42:33Z"), False),
+    ("modeling.job.list", listing(createdBefore="2025-03-06T09:42:33Z\n"), False),
+    ("modeling.job.list", listing(createdBefore="\uff12025-03-06T09:42:33Z"), False),
+    ("modeling.job.list", listing(createdBefore="2025-03-06T09:42:33.5Z"), False),
+    ("modeling.job.list", listing(name="x' or '1' eq '1"), True),
+    ("modeling.job.list", listing(name="n" * 256), True),
+    ("modeling.job.list", listing(name="n" * 257), False),
+    ("modeling.job.list", listing(name="a\tb"), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=0), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=1000), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=1001), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=2.0), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top="2"), False),
+    ("modeling.job.cancel", json.dumps({"jobId": "../jobs"}), False),
 ]  # fmt: skip
 
 # Values every field of every body is also tried with.
@@ -178,9 +336,11 @@ def schema_accepts(routing_key: str, text: str) -> bool:
 def worker_accepts(routing_key: str, text: str) -> bool:
     spec = BY_ROUTING_KEY[routing_key]
     try:
-        spec.request(spec.parse(text.encode()))
+        request = spec.request(spec.parse(text.encode()))
     except InvalidCommand:
         return False
+    # What the API client sends: an accepted body must be one JSON can carry.
+    json.dumps(request.json, allow_nan=False)
     return True
 
 
@@ -233,6 +393,8 @@ def test_every_event_the_worker_makes_matches_its_schema() -> None:
         result: dict[str, Any] = {"id": "x"}
         if spec.result == "ids":
             result = {name: "x" for name in spec.path_fields}
+        elif spec.result == "ids_and_object":
+            result = {name: "x" for name in spec.path_fields} | {"errors": [], "warnings": []}
         elif spec.result in {"list", "page"}:
             result = {spec.result_key: [{"id": "x"}]}
         if spec.result == "page":
