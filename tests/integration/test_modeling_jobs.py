@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.job_kinds import ACCEPT_V1, ACCEPT_V2
@@ -231,6 +232,40 @@ async def test_every_v2_request_carries_the_v2_accept_and_every_v1_request_the_v
     assert {r.accept for r in v2} == {ACCEPT_V2}
     assert any(r.path.endswith("/progress") for r in v1)
     assert any(r.path.endswith("/progress") for r in v2)
+
+
+async def test_a_lost_cancel_answer_is_repeated_and_settled_and_a_lost_create_is_not_repeated(
+    amqp_url: str, sim: SimulatorHandle, start_worker: StartWorker
+) -> None:
+    await start_worker(job_poll_schedule=SCHEDULE)
+    sim.configure(**THREE_SECOND_JOBS)
+    # Made straight at the simulator, so that no follower's poll takes the dropped answer.
+    async with httpx.AsyncClient(base_url=sim.base_url, timeout=5.0) as http:
+        form = {"grant_type": "client_credentials", "scope": "itwin-platform"}
+        auth = (sim.client_id, sim.client_secret)
+        token = (await http.post(sim.token_url, data=form, auth=auth)).json()["access_token"]
+        made = await http.post(
+            "/reality-modeling/jobs",
+            json=reconstruction(),
+            headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT_V2},
+        )
+    job_id = made.json()["job"]["id"]
+    sim.clear_requests()
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        sim.drop_next(1)
+        cancel = await request(producer, "modeling.job.cancel", {"jobId": job_id})
+        cancelled = [(r.method, r.status) for r in sim.requests()]
+        sim.clear_requests()
+        sim.drop_next(1)
+        lost = await request(producer, "modeling.job.create", reconstruction(name="lost"))
+        created = [(r.method, r.status) for r in sim.requests()]
+    assert cancelled == [("DELETE", None), ("DELETE", 422), ("GET", 200)]
+    assert (cancel["type"], cancel["result"]["state"], cancel["attempts"]) == (
+        "modeling.job.cancel.accepted", "TerminatingOnCancel", 3,
+    )  # fmt: skip
+    assert lost["type"] == "modeling.job.create.failed"
+    assert lost["error"]["code"] == "OutcomeUnknown"
+    assert created == [("POST", None)], "a creation whose answer was lost is not sent again"
 
 
 async def test_a_kill_while_v2_jobs_are_followed_leaves_one_terminal_event_each(
