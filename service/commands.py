@@ -134,6 +134,8 @@ class CommandSpec:
     accept: str = ACCEPT_V1
     """The Accept header of its calls: each command speaks to one API generation."""
     confirm: Confirmation | None = None
+    """A refusal that may be an earlier attempt's success, and the read that tells (a v2
+    cancel's 422 after a repeat)."""
     path_fields: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:

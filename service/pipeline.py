@@ -301,19 +301,17 @@ class Pipeline:
         """Follow the job if asked, record the outcome, dead-letter a fault, publish."""
         command_id = delivery.message_id or ""
         command, error = outcome.command, outcome.error
-        follows = spec.follows if spec is not None and command is not None else None
-        if follows is not None and spec is not None and command is not None:
+        if spec is not None and spec.follows is not None and command is not None:
             result = outcome.event.result if isinstance(outcome.event, SuccessEvent) else {}
-            job_id = spec.job_to_follow(command, result)
             # Before the record: a crash here makes the command come back and start again;
             # the first poll's id is fixed, so a second start adds no second follower.
             await self._follower.start(
-                job_id,
+                spec.job_to_follow(command, result),
                 command_id,
                 delivery.correlation_id or command_id,
                 delivery.reply_to,
                 at_once=spec.success_event is None,
-                kind=follows,
+                kind=spec.follows,
             )
         encoded = EncodedEvent.of(outcome.event) if outcome.event is not None else None
         if lease is not None:

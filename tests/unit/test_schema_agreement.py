@@ -17,9 +17,13 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from service import json_schemas
+from service.api import ApiResponse
 from service.commands import BY_ROUTING_KEY, COMMANDS, UNKNOWN_COMMAND_EVENT, failure_event_type
-from service.errors import InvalidCommand, UnknownCommand
+from service.errors import ApiError, InvalidCommand, UnknownCommand
 from service.events import EncodedEvent, failure, success
+from service.idempotency import MemoryOutcomes
+from service.jobs import JobFollower, Poll
+from tests.fakes import FakeApi, FakePublisher
 
 ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 ID = "e47cf092-729a-4ce2-b20e-9b01ad820cdb"
@@ -441,3 +445,29 @@ def test_the_unknown_command_schema_refuses_a_type_no_unknown_command_gets() -> 
     assert Draft202012Validator(schema).is_valid(made)
     for wrong in ("bogus.thing", "a b.failed", "bogus..failed"):
         assert not Draft202012Validator(schema).is_valid({**made, "type": wrong}), wrong
+
+
+@pytest.mark.parametrize("messages", [{"errors": [{"code": "E"}], "warnings": []}, None])
+async def test_the_events_of_a_followed_v2_job_match_their_schemas(
+    messages: dict[str, Any] | None,
+) -> None:
+    answers: list[ApiResponse | Exception] = [
+        ApiResponse(200, {"progress": {"percentage": 60, "state": "Failed"}}, 1),
+        ApiResponse(200, {"job": {"id": "j1", "state": "Failed"}}, 1),
+        ApiResponse(200, {"messages": messages}, 1)
+        if messages is not None
+        else ApiError("gone", status=404, code="JobNotFound"),
+    ]
+    publisher = FakePublisher()
+    follower = JobFollower(FakeApi(*answers), publisher, MemoryOutcomes(ttl=60, lease=5), (1.0,))
+    poll = Poll(job_id="j1", command_id="c", correlation_id="c", kind="modeling")
+    await follower.poll(poll.model_dump_json().encode())
+    progress, ended = publisher.published
+    assert (progress["type"], ended["type"]) == ("modeling.job.progress", "modeling.job.failed")
+    assert ended["messages"] == messages
+    for event in (progress, ended):
+        schema = SCHEMAS[f"events/{event['type']}.json"]
+        assert Draft202012Validator(schema).is_valid(event), event["type"]
+    assert not Draft202012Validator(SCHEMAS["events/modeling.job.failed.json"]).is_valid(
+        {k: v for k, v in ended.items() if k != "messages"}
+    ), "a failed v2 job's event always has its messages (or null)"
