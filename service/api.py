@@ -55,7 +55,6 @@ from service.metrics import Metrics
 from service.outages import REDIS, REDIS_UNAVAILABLE, DependencyDown
 from service.tracing import Tracing, http_attributes
 
-ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
 BeforeSending = Callable[[], Awaitable[None]]
 
 
@@ -268,7 +267,8 @@ class ApiClient:
         metrics = self._metrics
         started = time.perf_counter()
         status = 0
-        headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+        # The request's own: each API generation wants its version's media type.
+        headers = {"Authorization": f"Bearer {token}", "Accept": request.accept}
         # traceparent/tracestate/baggage of the attempt's span, by the configured propagators.
         propagate.inject(headers)
         body = None

@@ -20,12 +20,22 @@ from service import configuration_doc, contract, logs, simulator
 from service.app import Worker
 from service.commands import BY_ROUTING_KEY
 from service.dlq import DeadLetters, amqp_user
-from service.jobs import PROGRESS_EVENT, TERMINAL_EVENTS
+from service.jobs import PROGRESS_EVENTS, TERMINAL_EVENTS
 from service.producer import BrokerUnreachable, Producer
 from service.settings import Settings, SettingsError, load_settings
 from service.trust import printable
 
 DEMO_ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
+DEMO_MODELING_JOB = {
+    "type": "Reconstruction",
+    "name": "Demo v2 reconstruction",
+    "iTwinId": DEMO_ITWIN,
+    "specifications": {
+        "inputs": {"scene": "58e0c0ca-f730-4e5b-808d-1c8cacacb4d4"},
+        "outputs": {"modelingReference": True, "exports": [{"format": "3DTiles"}]},
+        "options": {"tilingMode": "Adaptive", "geometricPrecision": "High"},
+    },
+}
 START_RABBITMQ = "start one with `rabbitmq-server -detached` or point ITWIN_WORKER_AMQP_URL at one"
 
 
@@ -138,11 +148,11 @@ def _print_json(event: dict[str, Any]) -> None:
 
 
 def _more_to_come(routing_key: str, event: dict[str, Any]) -> bool:
-    """A submit or follow goes on with the job's progress until its terminal event."""
+    """A command that follows a job goes on with its progress until its terminal event."""
     following = BY_ROUTING_KEY.get(routing_key)
-    if following is None or not following.follows_job or "error" in event:
+    if following is None or following.follows is None or "error" in event:
         return False
-    return event["type"] not in TERMINAL_EVENTS.values()
+    return event["type"] not in TERMINAL_EVENTS
 
 
 def _free_port() -> int:
@@ -168,9 +178,10 @@ def _show(event: dict[str, Any]) -> None:
     ok = "result" in event
     mark = "OK  " if ok else "FAIL"
     print(f"{mark} {event['type']:<26} command {event['commandId']}  attempts {event['attempts']}")
-    if event["type"] == PROGRESS_EVENT:
+    if event["type"] in PROGRESS_EVENTS:
         progress = event["result"]
-        print(f"     {progress['percentage']:>3} %  {progress['state']:<8} {progress['step']}")
+        step = progress.get("step", "")  # v2 progress has no step
+        print(f"     {progress['percentage']:>3} %  {progress['state']:<19} {step}")
         return
     detail = json.dumps(event["result" if ok else "error"], indent=2)
     print("     " + detail.replace("\n", "\n     "), flush=True)
@@ -219,6 +230,11 @@ async def _demo(base: Settings, args: argparse.Namespace) -> int:
             message_id = await producer.publish("job.submit", submit)
             last = await _until_settled(producer, "job.submit", message_id, _show)
             print(f"\njob {job_id} ended with {last['type']}\n")
+            print("Reality Modeling v2: modeling.job.create, followed from its creation\n")
+            created = json.dumps(DEMO_MODELING_JOB).encode()
+            message_id = await producer.publish("modeling.job.create", created)
+            modeled = await _until_settled(producer, "modeling.job.create", message_id, _show)
+            print(f"\nv2 job ended with {modeled['type']}\n")
             print("Cleaning up: the application, the repository, the workspace\n")
             cleanup = await _demo_cleanup(producer, events)
             for event in cleanup:
@@ -227,8 +243,9 @@ async def _demo(base: Settings, args: argparse.Namespace) -> int:
         await worker.stop()
         server.cancel()
     cleaned = all("result" in event for event in cleanup)
-    expected = (5, 6, "job.succeeded", True)
-    return 0 if (successes, len(events), last["type"], cleaned) == expected else 1
+    expected = (5, 6, "job.succeeded", "modeling.job.succeeded", True)
+    outcome = (successes, len(events), last["type"], modeled["type"], cleaned)
+    return 0 if outcome == expected else 1
 
 
 async def _demo_cleanup(producer: Producer, events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,9 +16,18 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from service.errors import IDEMPOTENT_METHODS, InvalidCommand
+from service.errors import IDEMPOTENT_METHODS, InvalidCommand, WorkerError
+from service.job_kinds import (
+    ACCEPT_V1,
+    ACCEPT_V2,
+    CONTEXTCAPTURE_JOBS,
+    MODELING_JOBS,
+    MODELING_MESSAGES_PATH,
+    JobKind,
+)
 from service.limiter import Priority
 from service.messages import (
+    SAFE_ID_PATTERN,
     ApplicationRef,
     Command,
     CreateApplication,
@@ -35,17 +44,19 @@ from service.messages import (
     UpdateJob,
     UpdateRepository,
 )
+from service.modeling import CreateModelingJob, ListModelingJobs, ModelingJobRef
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 NEXT_PAGE_PARAMETER = "continuationToken"
 """The query parameter of the API's next-page links, and the list commands' field for it."""
 
-ResultShape = Literal["object", "ids", "list", "page"]
+ResultShape = Literal["object", "ids", "ids_and_object", "list", "page"]
 """How a success event's `result` is made from the API's answer:
 
 - `object`: the answer's inner object (`{"workspace": {...}}` gives the workspace), unchanged;
 - `ids`: the ids the command named in the path (a DELETE answers 204 with no body);
+- `ids_and_object`: those ids, then the inner object's fields (a job's messages name no job);
 - `list`: `{result_key: [...]}`, the answer's list of objects, unchanged;
 - `page`: a list plus `continuationToken`, the next page's token from the answer's
   `_links.next.href` (null on the last page).
@@ -71,6 +82,8 @@ class ApiRequest:
     """Whether repeating the request after a lost answer is safe; None: as its method says."""
     priority: Priority = "command"
     """Its class in the API budget, for every attempt: a job poll waits behind commands."""
+    accept: str = ACCEPT_V1
+    """The Accept header: the media type of the API generation the request speaks to."""
 
     @property
     def safe_to_repeat(self) -> bool:
@@ -120,6 +133,22 @@ class Lookup:
 
 
 @dataclass(frozen=True)
+class Confirmation:
+    """A refusal that, after an earlier attempt of the same command that may have taken effect,
+    can mean that attempt did: one read tells. A cancel repeated after its answer was lost finds
+    the job no longer running (422), which is the first cancel's doing when the job is now
+    being cancelled or cancelled; the read's object is then the command's result."""
+
+    status: int
+    path: str
+    """The read's path template (the command's own path fields)."""
+    result_key: str
+    field: str
+    values: frozenset[str]
+    """The values of the read object's `field` that mean the command took effect."""
+
+
+@dataclass(frozen=True)
 class CommandSpec:
     """How one routing key becomes an API call and an event."""
 
@@ -134,8 +163,9 @@ class CommandSpec:
     """None when success is announced by the job's own events instead (`job.follow`)."""
     fixed_body: Mapping[str, Any] | None = None
     """Fields the command implies, sent with the body (`{"state": "active"}` to submit)."""
-    follows_job: bool = False
-    """After success, follow the job until it ends (progress and terminal events)."""
+    follows: JobKind | None = None
+    """After success, follow the job until it ends (progress and terminal events), the way
+    this kind of job is followed: the job the command names, or the one its answer made."""
     query: tuple[str, ...] = ()
     """Body fields (JSON names) sent as query parameters instead, when given."""
     result: ResultShape = "object"
@@ -144,6 +174,11 @@ class CommandSpec:
     lookup: Lookup | None = None
     """For a create the API can tell about: how to find its outcome when the worker that sent
     it stopped before recording the answer (else that outcome is unknown)."""
+    accept: str = ACCEPT_V1
+    """The Accept header of its calls: each command speaks to one API generation."""
+    confirm: Confirmation | None = None
+    """A refusal that may be an earlier attempt's success, and the read that tells (a v2
+    cancel's 422 after a repeat)."""
     path_fields: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -157,7 +192,7 @@ class CommandSpec:
     def parse(self, body: bytes) -> Command:
         """Validate a raw body; every broken rule becomes one detail naming its field."""
         try:
-            return self.model.model_validate_json(body)
+            return self.model.parse_json(body)
         except ValidationError as exc:
             raise InvalidCommand(
                 f"The {self.routing_key} command body is invalid.",
@@ -170,10 +205,11 @@ class CommandSpec:
         data = command.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
         given = command.model_dump(mode="json", by_alias=True, exclude_unset=True)
         data |= {name: None for name in command.SENDS_NULL if name in given and given[name] is None}
-        # Path values passed SafeId already; quoting them too keeps a future, looser id type
-        # from ever adding a path segment.
-        values = {name: quote(str(data.pop(name)), safe="") for name in self.path_fields}
+        values = _path_values(data, self.path_fields)
+        for name in self.path_fields:
+            del data[name]
         query = tuple((name, str(data.pop(name))) for name in self.query if name in data)
+        query += command.query_parameters()
         body = {**data, **(self.fixed_body or {})} if self.method in _METHODS_WITH_BODY else None
         return ApiRequest(
             self.method,
@@ -182,24 +218,75 @@ class CommandSpec:
             self.path,
             query=query,
             repeatable=self.repeatable,
+            accept=self.accept,
         )
 
     def result_of(self, command: Command, document: Mapping[str, Any]) -> dict[str, Any]:
         """The success event's `result` from the API's answer; `UnexpectedAnswer` if the answer
         is not its page's shape."""
+        named = command.model_dump(mode="json", by_alias=True)
+        ids = {name: named[name] for name in self.path_fields}
         if self.result == "ids":
-            named = command.model_dump(mode="json", by_alias=True)
-            return {name: named[name] for name in self.path_fields}
+            return ids
         inner = document.get(self.result_key)
-        if self.result == "object":
+        if self.result in ("object", "ids_and_object"):
             if not isinstance(inner, dict):
                 raise UnexpectedAnswer(f"The API's answer has no '{self.result_key}' object.")
+            if self.follows is not None and not ids and not _is_safe_id(inner.get("id")):
+                # The job to follow is the one the answer made: its id goes into paths.
+                raise UnexpectedAnswer(f"The API's '{self.result_key}' has no usable 'id'.")
+            if self.result == "ids_and_object":
+                return {**ids, **{key: value for key, value in inner.items() if key not in ids}}
             return inner
         if not isinstance(inner, list) or not all(isinstance(item, dict) for item in inner):
             raise UnexpectedAnswer(f"The API's answer has no '{self.result_key}' list.")
         if self.result == "list":
             return {self.result_key: inner}
         return {self.result_key: inner, NEXT_PAGE_PARAMETER: next_token(document)}
+
+    def job_to_follow(self, command: Command, result: Mapping[str, Any]) -> str:
+        """The id of the job a command that `follows` follows after success: the one it names,
+        else the one its answer made (checked by `result_of`)."""
+        named = command.model_dump(by_alias=True)
+        return str(named[JOB_ID] if JOB_ID in self.path_fields else result["id"])
+
+    def confirmation(self, command: Command, refusal: WorkerError) -> ApiRequest | None:
+        """The read that tells whether this refusal means an earlier attempt took effect; None
+        when it cannot.
+
+        Only a command whose request went out more than once can have had an earlier attempt
+        take effect. The client repeats a cancel after a lost answer or a 5xx; it also repeats
+        after answers that prove nothing was done (429, 503, 401), which this count cannot
+        tell apart: then a job someone else cancelled in the meantime is reported as this
+        command's cancel. It is cancelled either way.
+        """
+        check = self.confirm
+        if check is None or refusal.status != check.status or refusal.attempts < 2:
+            return None
+        named = command.model_dump(mode="json", by_alias=True)
+        path = check.path.format(**_path_values(named, self.path_fields))
+        return ApiRequest("GET", path, None, check.path, accept=self.accept)
+
+    def confirmed(self, document: Mapping[str, Any]) -> bool:
+        """Whether the read of `confirmation` shows the command took effect."""
+        check = self.confirm
+        inner = document.get(check.result_key) if check is not None else None
+        return (
+            check is not None and isinstance(inner, dict) and inner.get(check.field) in check.values
+        )
+
+
+def _path_values(named: Mapping[str, Any], path_fields: tuple[str, ...]) -> dict[str, str]:
+    # Path values passed SafeId already; quoting them too keeps a future, looser id type from
+    # ever adding a path segment.
+    return {name: quote(str(named[name]), safe="") for name in path_fields}
+
+
+_SAFE_ID = re.compile(SAFE_ID_PATTERN)
+
+
+def _is_safe_id(value: Any) -> bool:
+    return isinstance(value, str) and _SAFE_ID.fullmatch(value) is not None
 
 
 def next_token(document: Mapping[str, Any]) -> str | None:
@@ -246,8 +333,11 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return details
 
 
-JOB_PATH = "/contextcapture/jobs/{jobId}"
-PROGRESS_PATH = "/contextcapture/jobs/{jobId}/progress"
+JOB_ID = "jobId"
+JOB_PATH = CONTEXTCAPTURE_JOBS.job_path
+PROGRESS_PATH = CONTEXTCAPTURE_JOBS.progress_path
+MODELING_JOBS_PATH = "/reality-modeling/jobs"
+MODELING_JOB_PATH = MODELING_JOBS.job_path
 WORKSPACE_PATH = "/contextcapture/workspaces/{workspaceId}"
 REPOSITORIES_PATH = "/itwins/{iTwinId}/repositories"
 REPOSITORY_PATH = "/itwins/{iTwinId}/repositories/{repositoryId}"
@@ -310,7 +400,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         result_key="job",
         success_event="job.submitted",
         fixed_body={"state": "active"},
-        follows_job=True,
+        follows=CONTEXTCAPTURE_JOBS,
     ),
     CommandSpec(
         routing_key="job.cancel",
@@ -336,7 +426,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         path=PROGRESS_PATH,
         result_key="jobProgress",
         success_event=None,
-        follows_job=True,
+        follows=CONTEXTCAPTURE_JOBS,
     ),
     # The rest of each resource's lifecycle (contract.md). PATCH is not repeated after a lost
     # answer in general: `job.submit` and `job.cancel` change a state, and their repeat would be
@@ -448,6 +538,74 @@ COMMANDS: tuple[CommandSpec, ...] = (
         result_key="",
         success_event="application.deleted",
         result="ids",
+    ),
+    # Reality Modeling v2 (contract.md): no workspace, no submit; a created job is queued at
+    # once and followed. A cancel is a DELETE the client may repeat after a lost answer; the
+    # repeat then finds the job no longer running, which `confirm` reads as the first one's doing.
+    CommandSpec(
+        routing_key="modeling.job.create",
+        model=CreateModelingJob,
+        method="POST",
+        path=MODELING_JOBS_PATH,
+        result_key="job",
+        success_event="modeling.job.created",
+        follows=MODELING_JOBS,
+        accept=ACCEPT_V2,
+    ),
+    CommandSpec(
+        routing_key="modeling.job.get",
+        model=ModelingJobRef,
+        method="GET",
+        path=MODELING_JOB_PATH,
+        result_key="job",
+        success_event="modeling.job.retrieved",
+        accept=ACCEPT_V2,
+    ),
+    CommandSpec(
+        routing_key="modeling.job.cancel",
+        model=ModelingJobRef,
+        method="DELETE",
+        path=MODELING_JOB_PATH,
+        result_key="job",
+        success_event="modeling.job.cancel.accepted",
+        accept=ACCEPT_V2,
+        confirm=Confirmation(
+            status=422,
+            path=MODELING_JOB_PATH,
+            result_key="job",
+            field="state",
+            values=frozenset({"TerminatingOnCancel", "Cancelled"}),
+        ),
+    ),
+    CommandSpec(
+        routing_key="modeling.job.messages",
+        model=ModelingJobRef,
+        method="GET",
+        path=MODELING_MESSAGES_PATH,
+        result_key="messages",
+        success_event="modeling.job.messages.retrieved",
+        result="ids_and_object",
+        accept=ACCEPT_V2,
+    ),
+    CommandSpec(
+        routing_key="modeling.job.list",
+        model=ListModelingJobs,
+        method="GET",
+        path=MODELING_JOBS_PATH,
+        result_key="jobs",
+        success_event="modeling.job.listed",
+        result="page",
+        accept=ACCEPT_V2,
+    ),
+    CommandSpec(
+        routing_key="modeling.job.follow",
+        model=ModelingJobRef,
+        method="GET",
+        path=MODELING_JOBS.progress_path,
+        result_key=MODELING_JOBS.progress_key,
+        success_event=None,
+        follows=MODELING_JOBS,
+        accept=ACCEPT_V2,
     ),
 )
 

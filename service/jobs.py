@@ -1,4 +1,8 @@
-"""Following a ContextCapture job until it ends: progress events, then one terminal event.
+"""Following a job until it ends: progress events, then one terminal event.
+
+One follower for both API generations: what differs between a ContextCapture job and a Reality
+Modeling v2 job (paths, Accept, the progress answer, which states end it, which event each end
+is, the messages of a failed v2 job) is its `JobKind` (`service.job_kinds`), named in the poll.
 
 The schedule lives in the broker, not in memory: each next poll is a message parked in a delay
 queue, so any replica can take it, a crash or redeploy loses no followed job, and following
@@ -11,36 +15,88 @@ next poll) but never publishes its progress event again, and a poll already done
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from service.api import ApiResponse
-from service.commands import JOB_PATH, PROGRESS_PATH, ApiRequest
+from service.commands import ApiRequest
 from service.errors import ApiError, WorkerError
-from service.events import EncodedEvent, failure, success
+from service.events import EncodedEvent, SuccessEvent, failure, new_event_id, success
 from service.idempotency import OutcomeStore, Recorded, claim_when_free
+from service.job_kinds import (
+    CONTEXTCAPTURE_JOBS,
+    JOB_KINDS,
+    JobKind,
+    JobKindName,
+)
 from service.metrics import Metrics
 from service.tracing import Tracing, carrier, link_to
 
 log = structlog.get_logger("itwin_worker.jobs")
 
-PROGRESS_EVENT = "job.progress"
-FOLLOW_FAILED_EVENT = "job.follow.failed"
-TERMINAL_EVENTS = {"success": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}
+FOLLOW_FAILED_EVENT = CONTEXTCAPTURE_JOBS.follow_failed_event
+PROGRESS_EVENTS = frozenset(kind.progress_event for kind in JOB_KINDS.values())
+TERMINAL_EVENTS = frozenset(
+    event for kind in JOB_KINDS.values() for event in kind.terminal_events.values()
+)
+
+
+def _changes(kind: JobKind) -> str:
+    fields = ", ".join(("jobId", *kind.progress_fields))
+    return (
+        f"A followed job's {' or '.join(kind.change_fields)} changed: `result` is "
+        f"`{{{fields}}}`; `commandId` is the command that started the following."
+    )
+
+
+def _end(kind: JobKind, state: str) -> str:
+    described = (
+        f"A followed job ended with state `{state}`: `result` is the final job object; exactly "
+        "one terminal event per followed job."
+    )
+    if state in kind.messages_for:
+        described += " `messages` is the job's `{errors, warnings}` (null if the API refused)."
+    return described
+
+
 JOB_EVENTS = {
-    PROGRESS_EVENT: "A followed job's percentage or step changed: `result` is "
-    "`{jobId, percentage, state, step}`; `commandId` is the command that started the following.",
-    **{
-        event: f"A followed job ended with state `{state}`: `result` is the final job object; "
-        "exactly one terminal event per followed job."
-        for state, event in TERMINAL_EVENTS.items()
-    },
+    event: description
+    for kind in JOB_KINDS.values()
+    for event, description in (
+        (kind.progress_event, _changes(kind)),
+        *((event, _end(kind, state)) for state, event in kind.terminal_events.items()),
+    )
 }
 """Events of a followed job, beyond each command's own."""
+
+
+class JobMessages(BaseModel):
+    """Why a v2 job failed: the API's message objects (`code`, `title`, `message`, `params`)."""
+
+    errors: list[dict[str, Any]]
+    warnings: list[dict[str, Any]]
+
+
+class EndedWithMessagesEvent(SuccessEvent):
+    """A terminal event that also carries the job's messages (a failed v2 job)."""
+
+    messages: JobMessages | None = Field(
+        description="The job's messages, read once when it ended; null if the API refused."
+    )
+
+
+JOB_EVENT_MODELS: Mapping[str, type[SuccessEvent]] = {
+    event: EndedWithMessagesEvent
+    for kind in JOB_KINDS.values()
+    for state, event in kind.terminal_events.items()
+    if state in kind.messages_for
+}
+"""The model of each job event that is not a plain `SuccessEvent`."""
 
 
 class Poll(BaseModel):
@@ -52,10 +108,13 @@ class Poll(BaseModel):
     command_id: str
     correlation_id: str
     reply_to: str | None = None
+    kind: JobKindName = CONTEXTCAPTURE_JOBS.name
+    """How the job is followed (polls parked before v2 jobs existed are ContextCapture's)."""
     seq: int = 1
     index: int = 0
     percentage: int | None = None
     step: str | None = None
+    state: str | None = None
     trace: dict[str, str] = Field(default_factory=dict, max_length=2)
     """`traceparent` (and `tracestate`) of the command that started the following: each poll's
     span links to it."""
@@ -134,13 +193,16 @@ class JobFollower:
         reply_to: str | None,
         *,
         at_once: bool,
+        kind: JobKind = CONTEXTCAPTURE_JOBS,
     ) -> None:
-        """Begin following: poll now (`job.follow`) or after the first interval (submit)."""
+        """Begin following: poll now (a follow command) or after the first interval (a job just
+        submitted or created)."""
         first = Poll(
             job_id=job_id,
             command_id=command_id,
             correlation_id=correlation_id,
             reply_to=reply_to,
+            kind=kind.name,
             trace=carrier(),
         )
         await self._schedule_poll(first, None if at_once else self._schedule[0])
@@ -199,47 +261,89 @@ class JobFollower:
 
     async def _decide(self, poll: Poll) -> PollDecision:
         """Look at the job once; say which events to publish and when to look again."""
+        kind = JOB_KINDS[poll.kind]
         progress_event: str | None = None
-        path = PROGRESS_PATH.format(jobId=poll.job_id)
         try:
-            response = await self._api.send(
-                ApiRequest("GET", path, None, PROGRESS_PATH, priority="poll")
-            )
+            response = await self._read(kind, kind.progress_path, poll)
             if poll.due is not None:
                 self._metrics.poll_lag.observe(max(self._now().timestamp() - poll.due, 0.0))
-            progress = _progress(response)
-            changed = (progress["percentage"], progress["step"]) != (poll.percentage, poll.step)
+            progress = _progress(response, kind)
+            seen = tuple(progress[name] for name in kind.change_fields)
+            changed = seen != tuple(getattr(poll, name) for name in kind.change_fields)
             if changed:
                 progress_event = self._event(
-                    PROGRESS_EVENT, poll, {"jobId": poll.job_id, **progress}, response.attempts
+                    kind.progress_event, poll, {"jobId": poll.job_id, **progress}, response.attempts
                 )
-            if progress["state"] == "Over":
-                job = await self._api.send(
-                    ApiRequest(
-                        "GET", JOB_PATH.format(jobId=poll.job_id), None, JOB_PATH, priority="poll"
-                    )
-                )
-                terminal = TERMINAL_EVENTS.get(str(job.document.get("job", {}).get("state")))
+            if progress["state"] in kind.ended_states:
+                terminal = await self._ended(kind, poll)
                 if terminal is not None:
-                    ended = self._event(terminal, poll, job.document["job"], job.attempts)
-                    return PollDecision(progress=progress_event, terminal=ended)
+                    return PollDecision(progress=progress_event, terminal=terminal)
             index = next_index(poll.index, changed, len(self._schedule))
-            next_poll = poll.model_copy(
-                update={
-                    "seq": poll.seq + 1,
-                    "index": index,
-                    "percentage": progress["percentage"],
-                    "step": progress["step"],
-                }
-            )
+            next_poll = poll.model_copy(update={"seq": poll.seq + 1, "index": index, **progress})
         except WorkerError as error:
             if not error.retriable:
-                return PollDecision(progress=progress_event, terminal=self._failure(poll, error))
+                ended = self._failure(kind, poll, error)
+                return PollDecision(progress=progress_event, terminal=ended)
             # The API is down for now: keep following, at the slow end of the schedule.
             log.warning("poll failed; trying again later", error_code=error.code)
             index = len(self._schedule) - 1
             next_poll = poll.model_copy(update={"seq": poll.seq + 1, "index": index})
         return PollDecision(progress=progress_event, next=next_poll, delay=self._schedule[index])
+
+    async def _read(self, kind: JobKind, template: str, poll: Poll) -> ApiResponse:
+        # The id came from a validated command or from the API's answer (checked then); quoted
+        # all the same, so no id can ever add a path segment.
+        path = template.format(jobId=quote(poll.job_id, safe=""))
+        return await self._api.send(
+            ApiRequest("GET", path, None, template, priority="poll", accept=kind.accept)
+        )
+
+    async def _ended(self, kind: JobKind, poll: Poll) -> str | None:
+        """The terminal event of a job whose progress says it ended; None while the job itself
+        does not say so yet (it is looked at again later)."""
+        read = await self._read(kind, kind.job_path, poll)
+        job = read.document.get("job")
+        if not isinstance(job, dict):
+            return None
+        state = job.get("state")
+        terminal = kind.terminal_events.get(state) if isinstance(state, str) else None
+        if terminal is None:
+            return None
+        if state not in kind.messages_for or kind.messages_path is None:
+            return self._event(terminal, poll, job, read.attempts)
+        messages, attempts = await self._messages(kind, poll)
+        event = EndedWithMessagesEvent(
+            **self._fields(terminal, poll, read.attempts + attempts), result=job, messages=messages
+        )
+        return EncodedEvent.of(event).body.decode()
+
+    async def _messages(self, kind: JobKind, poll: Poll) -> tuple[JobMessages | None, int]:
+        """The job's messages and the attempts they took. A refusal, or an answer of another
+        shape, still ends the job (the job says it failed), without them; a failure that may
+        pass is raised, so the whole look is taken again later."""
+        assert kind.messages_path is not None  # only kinds with messages get here
+        try:
+            read = await self._read(kind, kind.messages_path, poll)
+        except WorkerError as error:
+            if error.retriable:
+                raise
+            log.warning("the job's messages were refused", error_code=error.code)
+            return None, error.attempts
+        try:
+            return JobMessages.model_validate(read.document.get("messages")), read.attempts
+        except ValidationError:
+            log.warning("the job's messages are not the page's shape")
+            return None, read.attempts
+
+    def _fields(self, event_type: str, poll: Poll, attempts: int) -> dict[str, Any]:
+        return {
+            "event_id": new_event_id(),
+            "type": event_type,
+            "command_id": poll.command_id,
+            "correlation_id": poll.correlation_id,
+            "occurred_at": self._now(),
+            "attempts": attempts,
+        }
 
     def _event(self, event_type: str, poll: Poll, result: dict[str, Any], attempts: int) -> str:
         event = success(
@@ -252,9 +356,9 @@ class JobFollower:
         )
         return EncodedEvent.of(event).body.decode()
 
-    def _failure(self, poll: Poll, error: WorkerError) -> str:
+    def _failure(self, kind: JobKind, poll: Poll, error: WorkerError) -> str:
         event = failure(
-            FOLLOW_FAILED_EVENT,
+            kind.follow_failed_event,
             command_id=poll.command_id,
             correlation_id=poll.correlation_id,
             error=error,
@@ -263,20 +367,24 @@ class JobFollower:
         return EncodedEvent.of(event).body.decode()
 
 
-def _progress(response: ApiResponse) -> dict[str, Any]:
-    progress = response.document.get("jobProgress")
+def _progress(response: ApiResponse, kind: JobKind) -> dict[str, Any]:
+    """The progress fields of the kind's answer; a whole percentage written as 50.0 counts."""
+    progress = response.document.get(kind.progress_key)
+    percentage = progress.get("percentage") if isinstance(progress, dict) else None
+    if isinstance(percentage, float) and percentage.is_integer():
+        percentage = int(percentage)
     if (
         not isinstance(progress, dict)
-        or not isinstance(progress.get("percentage"), int)
-        or progress.get("state") not in {"Unsubmitted", "Active", "Over"}
+        or not isinstance(percentage, int)
+        or isinstance(percentage, bool)
+        or progress.get("state") not in kind.progress_states
     ):
         raise ApiError(
-            "The API's progress answer is not a jobProgress object.",
+            f"The API's progress answer is not a {kind.progress_key} object.",
             status=response.status,
             code="UnexpectedResponse",
         )
-    return {
-        "percentage": progress["percentage"],
-        "state": progress["state"],
-        "step": str(progress.get("step") or ""),
-    }
+    fields = {"percentage": percentage, "state": progress["state"]}
+    if "step" in kind.progress_fields:
+        fields["step"] = str(progress.get("step") or "")
+    return fields

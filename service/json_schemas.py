@@ -17,7 +17,7 @@ from service.commands import (
     CommandSpec,
 )
 from service.events import BaseEvent, FailureEvent, SuccessEvent
-from service.jobs import JOB_EVENTS
+from service.jobs import JOB_EVENT_MODELS, JOB_EVENTS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 UNKNOWN_COMMAND_TYPE_PATTERN = SAFE_ROUTING_KEY.pattern.removesuffix("$") + r"\.failed$"
@@ -45,6 +45,15 @@ def result_schema(spec: CommandSpec) -> dict[str, Any] | None:
         names: tuple[str, ...] = spec.path_fields
         description = "The ids the command named: what no longer exists."
         properties: dict[str, Any] = {name: {"type": "string"} for name in names}
+    elif spec.result == "ids_and_object":
+        names = spec.path_fields
+        return {
+            "type": "object",
+            "properties": {name: {"type": "string"} for name in names},
+            "required": list(names),
+            "description": f"The ids the command named, then the fields of the API's "
+            f"`{spec.result_key}` object, unchanged.",
+        }
     else:
         names = (spec.result_key,)
         description = f"The API's `{spec.result_key}`, unchanged."
@@ -93,7 +102,7 @@ def schemas() -> dict[str, dict[str, Any]]:
     """Relative path → JSON Schema document, for every command and event of the contract."""
     documents: dict[str, dict[str, Any]] = {}
     for spec in COMMANDS:
-        schema = spec.model.model_json_schema(by_alias=True)
+        schema = spec.model.json_schema()
         documents[f"commands/{spec.routing_key}.json"] = {
             "$schema": DIALECT,
             **schema,
@@ -111,9 +120,8 @@ def schemas() -> dict[str, dict[str, Any]]:
             FailureEvent, spec.failure_event, f"{spec.routing_key} failed."
         )
     for event_type, description in JOB_EVENTS.items():
-        documents[f"events/{event_type}.json"] = _event_schema(
-            SuccessEvent, event_type, description
-        )
+        model = JOB_EVENT_MODELS.get(event_type, SuccessEvent)
+        documents[f"events/{event_type}.json"] = _event_schema(model, event_type, description)
     unknown = _event_schema(
         FailureEvent,
         UNKNOWN_COMMAND_EVENT,

@@ -7,6 +7,7 @@ API call; anything that ends up in a URL path must also match `SafeId`.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -16,12 +17,17 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    JsonValue,
     StringConstraints,
+    TypeAdapter,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+from typing_extensions import TypeAliasType
 
 # The JSON Schemas in schemas/ must accept exactly what these models accept, under any
 # validator. Regex dialects disagree on `$` (Python's, Java's and .NET's also match before a
@@ -32,9 +38,10 @@ from pydantic_core import PydanticCustomError
 # An id that goes into a URL path or a query. iTwin ids are GUIDs; this also admits other opaque
 # ids made of letters, digits, '-' and '_', and nothing that could add a path segment, a query
 # or a host.
+SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 SafeId = Annotated[
     str,
-    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$", strict=True),
+    StringConstraints(pattern=SAFE_ID_PATTERN, strict=True),
     WithJsonSchema(
         {
             "type": "string",
@@ -68,7 +75,44 @@ ContinuationToken = Annotated[
 ]
 
 
-def _integral_number(value: Any) -> Any:
+def _finite(value: JsonValue) -> JsonValue:
+    # JSON text such as 1e400 or NaN parses to a float that no JSON document can carry: the
+    # request could not even be written. Iterative, so depth costs no Python stack.
+    pending: list[JsonValue] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return value
+
+
+_Finite = Annotated[float, Field(ge=-sys.float_info.max, le=sys.float_info.max)]
+FiniteJsonValue = TypeAliasType(
+    "FiniteJsonValue",
+    "str | bool | int | _Finite | list[FiniteJsonValue] | dict[str, FiniteJsonValue] | None",
+)
+
+
+class _FiniteJsonSchema:
+    """Schema side of `FiniteJson`: any JSON value whose numbers are all finite, written as a
+    recursive definition (the same bound as `FiniteNumber`, at every depth)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(TypeAdapter(FiniteJsonValue).core_schema)
+
+
+FiniteJson = Annotated[JsonValue, AfterValidator(_finite), _FiniteJsonSchema]
+"""A part of a body the worker passes through unchanged: any JSON, but only finite numbers."""
+
+
+def integral_number(value: Any) -> Any:
     # JSON has one number type: every JSON Schema validator counts 5.0 as an integer, so the
     # worker does too (and sends 5). 5.5 stays a float and is refused as not an integer.
     if isinstance(value, float) and value.is_integer():
@@ -77,7 +121,7 @@ def _integral_number(value: Any) -> Any:
 
 
 # The bound before the validator: after it, pydantic's schema would say `ge`, no JSON Schema word.
-Count = Annotated[int, Field(ge=0), BeforeValidator(_integral_number)]
+Count = Annotated[int, Field(ge=0), BeforeValidator(integral_number)]
 # A number the API can be sent: JSON text such as 1e400 parses to infinity, which is no JSON
 # number at all; the schema's bound refuses it as the model does.
 FiniteNumber = Annotated[float, Field(ge=0, le=sys.float_info.max)]
@@ -157,6 +201,22 @@ class Command(BaseModel):
 
     SENDS_NULL: ClassVar[frozenset[str]] = frozenset()
     """Fields (JSON names) whose null the API acts on, so it is sent rather than dropped."""
+
+    @classmethod
+    def parse_json(cls, body: bytes) -> Command:
+        """The body, validated; a command whose rules depend on one of its fields picks the
+        model for them here."""
+        return cls.model_validate_json(body)
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema that accepts exactly what `parse_json` accepts."""
+        return cls.model_json_schema(by_alias=True)
+
+    def query_parameters(self) -> tuple[tuple[str, str], ...]:
+        """Query parameters the body implies beyond its own fields (`CommandSpec.query`): a
+        list's `$filter`, written by the worker from the criteria."""
+        return ()
 
 
 class CreateWorkspace(Command):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 import uuid
@@ -47,7 +48,7 @@ from service.errors import (
     UnknownCommand,
     WorkerError,
 )
-from service.events import EncodedEvent, Event, failure, success
+from service.events import EncodedEvent, Event, SuccessEvent, failure, success
 from service.idempotency import (
     Leased,
     LeaseKeeper,
@@ -57,7 +58,7 @@ from service.idempotency import (
     claim_when_free,
 )
 from service.jobs import JobFollower
-from service.messages import Command, JobRef
+from service.messages import Command
 from service.metrics import Metrics
 from service.outages import REDIS_UNAVAILABLE, DependencyDown, Outages
 
@@ -286,12 +287,7 @@ class Pipeline:
             # queue untouched, for a replay).
             claim = await self._claim(delivery, unsent_token)
             if isinstance(claim, Recorded):
-                # An empty record: the command's only announcement is its job's own events.
-                if claim.event:
-                    await self._publisher.publish(
-                        EncodedEvent.parse(claim.event), delivery.reply_to
-                    )
-                log.info("duplicate command: answered from its recorded outcome")
+                await self._answer_again(spec, delivery, prepared, claim)
                 return Settled("duplicate")
             held.lease = claim
             with (
@@ -320,6 +316,23 @@ class Pipeline:
                     await self._release(delivery, claim)
                     raise
                 return await self._settle(spec, delivery, outcome, claim, started)
+
+    async def _answer_again(
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        prepared: Prepared | WorkerError,
+        recorded: Recorded,
+    ) -> None:
+        """A command already concluded: its recorded event again, and its job followed (again:
+        its worker may have stopped between the record and the start)."""
+        # An empty record: the command's only announcement is its job's own events.
+        document = json.loads(recorded.event) if recorded.event else {}
+        if not isinstance(prepared, WorkerError) and "error" not in document:
+            await self._follow(spec, delivery, prepared[0], document.get("result", {}))
+        if recorded.event:
+            await self._publisher.publish(EncodedEvent.parse(recorded.event), delivery.reply_to)
+        log.info("duplicate command: answered from its recorded outcome")
 
     async def _claim(
         self, delivery: Delivery, unsent_token: str | None
@@ -380,7 +393,7 @@ class Pipeline:
             held.requested = True
 
         try:
-            response = await self._api.send(request, before_sending=before_sending)
+            response = await self._send(spec, command, request, before_sending)
             result = _result(response, spec, command)
         except WorkerError as error:
             return self._failed(spec, delivery, error)
@@ -473,6 +486,29 @@ class Pipeline:
         _log_finished(outcome, started)
         return Settled.of(outcome)
 
+    async def _send(
+        self,
+        spec: CommandSpec,
+        command: Command,
+        request: ApiRequest,
+        before_sending: BeforeSending,
+    ) -> ApiResponse:
+        """The call (limiter, token, retries: `service.api`). A refusal that may only mean an
+        earlier attempt of this command took effect (`CommandSpec.confirm`: a repeated cancel)
+        costs one GET that tells; if it shows so, its answer is the command's. Only requests
+        safe to repeat have a `confirm`, so a crash here repeats nothing unsafe."""
+        try:
+            return await self._api.send(request, before_sending=before_sending)
+        except ApiError as refusal:
+            check = spec.confirmation(command, refusal)
+            if check is None:
+                raise
+            read = await self._api.send(check, before_sending=before_sending)
+            if not spec.confirmed(read.document):
+                raise
+            log.info("refused after a lost answer; the read shows the first attempt took effect")
+            return replace(read, attempts=refusal.attempts + read.attempts)
+
     async def _conclude(
         self,
         spec: CommandSpec | None,
@@ -483,16 +519,6 @@ class Pipeline:
         """Follow the job if asked, record the outcome, dead-letter a fault, publish."""
         command_id = delivery.message_id or ""
         command, error = outcome.command, outcome.error
-        if isinstance(command, JobRef) and spec is not None and spec.follows_job:
-            # Before the record: a crash here makes the command come back and start again;
-            # the first poll's id is fixed, so a second start adds no second follower.
-            await self._follower.start(
-                command.job_id,
-                command_id,
-                delivery.correlation_id or command_id,
-                delivery.reply_to,
-                at_once=spec.success_event is None,
-            )
         encoded = EncodedEvent.of(outcome.event) if outcome.event is not None else None
         if lease is not None:
             # Final, retriable or not (its delays are spent): a re-send gets this same event.
@@ -518,11 +544,37 @@ class Pipeline:
                             EncodedEvent.parse(recorded), delivery.reply_to
                         )
                     return
+        if command is not None:
+            result = outcome.event.result if isinstance(outcome.event, SuccessEvent) else {}
+            await self._follow(spec, delivery, command, result)
         if encoded is not None:
             if error is not None and error.dead_letter:
                 await self._publisher.dead_letter(delivery, encoded, error)
                 self._metrics.dead_letters.labels(error.code).inc()
             await self._publisher.publish(encoded, delivery.reply_to)
+
+    async def _follow(
+        self,
+        spec: CommandSpec | None,
+        delivery: Delivery,
+        command: Command,
+        result: dict[str, Any],
+    ) -> None:
+        """Start following the job a successful command names or made. After the record, so a
+        request that is not safe to repeat (a v2 create) is recorded first; a crash between the
+        two is mended by the next delivery, which starts it again from the record. The first
+        poll's id is fixed, so a second start adds no second follower."""
+        if spec is None or spec.follows is None:
+            return
+        command_id = delivery.message_id or ""
+        await self._follower.start(
+            spec.job_to_follow(command, result),
+            command_id,
+            delivery.correlation_id or command_id,
+            delivery.reply_to,
+            at_once=spec.success_event is None,
+            kind=spec.follows,
+        )
 
     async def _back_off(self, delivery: Delivery) -> None:
         """Wait before the crashed delivery goes back to the queue: a short outage of Redis or

@@ -111,13 +111,20 @@ async def _drop_next(state: SimulatorState, request: Request) -> Response:
 
 
 async def _job_outcome(state: SimulatorState, request: Request) -> Response:
-    """Decide how one job ends, whatever the config says, as long as it is not over yet."""
+    """Decide how one job ends (ContextCapture or v2), whatever the config says, as long as it
+    is not over yet."""
     try:
         wanted = OutcomeRequest.model_validate(await _INVALID.json_object(request))
     except ValidationError as error:
         raise _validation_error(error) from None
-    job = find_job(state, request.path_params["job_id"])
-    now = time.monotonic()
+    job_id, now = request.path_params["job_id"], time.monotonic()
+    modeling_job = state.modeling_jobs.get(job_id)
+    if modeling_job is not None:
+        if modeling_job.run.is_over(now):
+            raise ApiError(409, OUTCOME_SETTLED)
+        modeling_job.run.outcome = wanted.outcome
+        return JSONResponse({"job": modeling_job.to_json(now)})
+    job = find_job(state, job_id)
     if job.lifecycle.is_over(now):
         raise ApiError(409, OUTCOME_SETTLED)
     job.lifecycle.outcome = wanted.outcome

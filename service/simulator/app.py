@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import contextcapture, itwins, library
+from . import contextcapture, itwins, library, modeling
 from .admin import ADMIN_PREFIX, admin_routes
 from .errors import (
     METHOD_NOT_ALLOWED,
@@ -35,7 +35,7 @@ from .oidc import (
     jwks_endpoint,
 )
 from .pipeline import Endpoint, Handler, api_endpoint
-from .requestlog import RequestKind
+from .requestlog import ACCEPT_LOGGED, RequestKind
 from .state import SimulatorState
 
 # (method, path, endpoint, the wording of its page's 429)
@@ -110,6 +110,15 @@ API_ROUTES: tuple[tuple[str, str, Handler, ErrorBody], ...] = (
         library.delete_application,
         TOO_MANY_REQUESTS,
     ),
+    # Reality Modeling v2: the eight operations (shared/design/api-beyond.md); one 429 wording.
+    ("POST", "/reality-modeling/jobs", modeling.create_job, RATE_LIMIT_EXCEEDED),
+    ("GET", "/reality-modeling/jobs", modeling.list_jobs, RATE_LIMIT_EXCEEDED),
+    ("GET", "/reality-modeling/jobs/{job_id}", modeling.get_job, RATE_LIMIT_EXCEEDED),
+    ("DELETE", "/reality-modeling/jobs/{job_id}", modeling.cancel_job, RATE_LIMIT_EXCEEDED),
+    ("GET", "/reality-modeling/jobs/{job_id}/progress", modeling.get_progress, RATE_LIMIT_EXCEEDED),
+    ("GET", "/reality-modeling/jobs/{job_id}/messages", modeling.get_messages, RATE_LIMIT_EXCEEDED),
+    ("GET", "/reality-modeling/itwins/{itwin_id}/bucket", modeling.get_bucket, RATE_LIMIT_EXCEEDED),
+    ("GET", "/reality-modeling/files", modeling.list_files, RATE_LIMIT_EXCEEDED),
 )
 
 _ROUTING_ERRORS = {404: RESOURCE_NOT_FOUND, 405: METHOD_NOT_ALLOWED}
@@ -157,14 +166,14 @@ class RequestRecorder:
         if scope["type"] != "http" or path.startswith(ADMIN_PREFIX):
             await self._app(scope, receive, send)
             return None
-        traceparent = next(
-            (value for name, value in scope["headers"] if name == b"traceparent"), None
-        )
+        headers = dict(scope["headers"])
+        traceparent, accept = headers.get(b"traceparent"), headers.get(b"accept")
         entry = self._state.log.record(
             scope["method"],
             path,
             _kind(path),
             traceparent.decode("latin-1")[:64] if traceparent is not None else None,
+            accept.decode("latin-1")[:ACCEPT_LOGGED] if accept is not None else None,
         )
         body, ended = await _whole_body(receive)
         if body:

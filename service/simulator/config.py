@@ -60,11 +60,11 @@ class SimulatorConfig(BaseModel):
     engine_limit: NonNegativeInt = 20
     library_forbidden: bool = False
     job_duration_seconds: PositiveFloat = 60.0
-    """Simulated time from a job's submission to its end."""
+    """Simulated time from a job's submission (a v2 job's creation) to its end."""
     time_scale: PositiveFloat = 1.0
     """Real seconds per simulated second: 0.01 runs a 60 s job in 0.6 s. Jobs only."""
     job_outcome: JobOutcome = "success"
-    """How submitted jobs end unless `/_simulator/jobs/{id}/outcome` says otherwise."""
+    """How submitted (and v2) jobs end unless `/_simulator/jobs/{id}/outcome` says otherwise."""
     request_log_limit: PositiveInt = 100_000
     """Oldest entries are dropped past this, so a long-running simulator does not grow forever."""
 

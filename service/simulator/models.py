@@ -8,11 +8,13 @@ state moves on with time (see `lifecycle`).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .lifecycle import Execution, JobState, Lifecycle
+from .modeling_runs import ModelingRun
 
 CONTEXT_CAPTURE_VERSION = "20.1"
 JOB_LOCATION = "East US"
@@ -154,4 +156,58 @@ class Application:
             "version": self.version,
             "createdDateTime": self.created,
             "lastModifiedDateTime": self.last_modified,
+        }
+
+
+def _at_second(moment: datetime) -> str:
+    """A time as the v2 pages write it: UTC, whole seconds, `Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class ModelingJob:
+    """A Reality Modeling v2 job: no workspace, it runs from its creation."""
+
+    id: str
+    name: str | None
+    type: str
+    itwin_id: str
+    user_id: str
+    email: str
+    specifications: dict[str, Any]
+    """As answered: the create-time shape with the outputs made."""
+    run: ModelingRun
+    sequence: int
+    """Its place in creation order: what a continuation token points after."""
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The job as it stands at `now` (a `time.monotonic()` reading)."""
+        data: dict[str, Any] = {"id": self.id}
+        if self.name is not None:
+            data["name"] = self.name
+        data |= {"type": self.type, "iTwinId": self.itwin_id, "state": self.run.state(now)}
+        data["userId"] = self.user_id
+        execution: dict[str, Any] = {"createdDateTime": _at_second(self.run.created.wall)}
+        if self.run.has_started(now):
+            execution["startedDateTime"] = _at_second(self.run.started())
+        ended = self.run.ended(now)
+        if ended is not None:
+            execution["endedDateTime"] = _at_second(ended)
+            # Made up: a whole run costs one unit, a part of it its share.
+            execution["processingUnits"] = self.run.percentage(now) / 100
+        data["executionInfo"] = execution
+        data["specifications"] = self.specifications
+        return data
+
+    def fields(self, now: float) -> Mapping[str, Any]:
+        """What a `$filter` can look at."""
+        return {
+            "id": self.id,
+            "iTwinId": self.itwin_id,
+            "name": self.name,
+            "email": self.email,
+            "type": self.type,
+            "state": self.run.state(now),
+            # As the job shows it: a filter on a time it was answered matches it.
+            "createdDateTime": self.run.created.wall.replace(microsecond=0),
         }

@@ -36,7 +36,9 @@ from .errors import (
 from .state import SimulatorState
 
 ACCEPT_MEDIA_TYPE = "application/vnd.bentley.itwin-platform.v1+json"
-"""The Accept value the pages recommend and the worker sends; other values get the same answer."""
+"""The Accept value the v1 pages recommend; other values get the same answer."""
+ACCEPT_V2_MEDIA_TYPE = "application/vnd.bentley.itwin-platform.v2+json"
+"""The Accept value the Reality Modeling v2 pages recommend (served like any other)."""
 RATE_LIMIT_TIER = "Community"
 
 Handler = Callable[[SimulatorState, Request, str], Awaitable[Response]]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 RequestKind = Literal["api", "token", "oidc", "storm"]
+ACCEPT_LOGGED = 128
+"""Characters of a request's Accept header the log keeps."""
 
 
 @dataclass(slots=True)
@@ -28,7 +30,10 @@ class RecordedRequest:
     until: float | None = None
     retry_after: int | None = None
     traceparent: str | None = None
-    """The W3C trace context the request carried (never any other header: no tokens)."""
+    """The W3C trace context the request carried."""
+    accept: str | None = None
+    """Its Accept header, so a test can tell which API version a client asked for. These two
+    are the only headers logged: never a token."""
     body_digest: str | None = None
     """The first 16 hex digits of the SHA-256 of the request's body, when it had one: tests tell
     a request sent twice from two requests without reading what the bodies say."""
@@ -45,6 +50,8 @@ class RecordedRequest:
             data["traceparent"] = self.traceparent
         if self.body_digest is not None:
             data["body_digest"] = self.body_digest
+        if self.accept is not None:
+            data["accept"] = self.accept
         if self.kind == "storm":
             data["until"] = self.until
             data["retry_after"] = self.retry_after
@@ -62,10 +69,18 @@ class RequestLog:
         self._entries: deque[RecordedRequest] = deque(maxlen=limit)
 
     def record(
-        self, method: str, path: str, kind: RequestKind, traceparent: str | None = None
+        self,
+        method: str,
+        path: str,
+        kind: RequestKind,
+        traceparent: str | None = None,
+        accept: str | None = None,
     ) -> RecordedRequest:
         """Log an arrival now; the caller fills in the status when it answers."""
-        return self.add(RecordedRequest(time.time(), method, path, kind, traceparent=traceparent))
+        entry = RecordedRequest(
+            time.time(), method, path, kind, traceparent=traceparent, accept=accept
+        )
+        return self.add(entry)
 
     def add(self, entry: RecordedRequest) -> RecordedRequest:
         self._entries.append(entry)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from .config import SimulatorConfig
-from .models import Application, Job, Repository, Workspace
+from .models import Application, Job, ModelingJob, Repository, Workspace
 from .ratelimit import ClientLimiter
 from .requestlog import RecordedRequest, RequestLog
 from .tokens import TokenSigner
@@ -58,6 +58,10 @@ class SimulatorState:
         self.storm: Storm | None = None
         self.workspaces: dict[str, Workspace] = {}
         self.jobs: dict[str, Job] = {}
+        self.modeling_jobs: dict[str, ModelingJob] = {}
+        """Reality Modeling v2 jobs, by id, in the order they were created (the list's)."""
+        self.modeling_jobs_created = 0
+        """Never goes down, so each v2 job's place in the list's pages is its own."""
         self.repositories: dict[str, Repository] = {}
         """By id, in the order they were added."""
         self.repository_uris: dict[tuple[str, str], str] = {}
@@ -85,6 +89,8 @@ class SimulatorState:
         self.storm = None
         self.workspaces.clear()
         self.jobs.clear()
+        self.modeling_jobs.clear()
+        self.modeling_jobs_created = 0
         self.repositories.clear()
         self.repository_uris.clear()
         self.applications.clear()

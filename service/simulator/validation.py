@@ -116,13 +116,15 @@ def _refuse_constant(name: str) -> Any:
 
 @dataclass(frozen=True)
 class Unprocessable:
-    """One page's 422 answer: its error body and the detail code it uses for a bad value."""
+    """One page's answer to a bad body: its error body, the detail code it uses for a bad value,
+    and its status (422 on the v1 pages, 400 on the v2 ones)."""
 
     body: ErrorBody
     invalid_code: str
+    status: int = 422
 
     def error(self, details: list[Detail]) -> ApiError:
-        return ApiError(422, self.body, details)
+        return ApiError(self.status, self.body, details)
 
     async def json_object(self, request: Request) -> dict[str, Any]:
         """The request body as a JSON object, or this page's 422."""

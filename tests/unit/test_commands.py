@@ -76,6 +76,15 @@ def test_catalogue_has_the_contracts_commands_and_event_names() -> None:
         "application.get": ("application.retrieved", "application.get.failed"),
         "application.update": ("application.updated", "application.update.failed"),
         "application.delete": ("application.deleted", "application.delete.failed"),
+        "modeling.job.create": ("modeling.job.created", "modeling.job.create.failed"),
+        "modeling.job.get": ("modeling.job.retrieved", "modeling.job.get.failed"),
+        "modeling.job.cancel": ("modeling.job.cancel.accepted", "modeling.job.cancel.failed"),
+        "modeling.job.messages": (
+            "modeling.job.messages.retrieved",
+            "modeling.job.messages.failed",
+        ),
+        "modeling.job.list": ("modeling.job.listed", "modeling.job.list.failed"),
+        "modeling.job.follow": (None, "modeling.job.follow.failed"),
     }
 
 

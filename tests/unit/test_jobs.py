@@ -10,6 +10,7 @@ import pytest
 from service.api import ApiResponse
 from service.errors import ApiError, TransientError
 from service.idempotency import MemoryOutcomes
+from service.job_kinds import ACCEPT_V1, ACCEPT_V2, MODELING_JOBS
 from service.jobs import JobFollower, Poll
 from tests.fakes import FakeApi, FakePublisher
 
@@ -136,3 +137,131 @@ async def test_a_malformed_poll_message_is_dropped() -> None:
     api, publisher = FakeApi(), FakePublisher()
     await follower(api, publisher).poll(json.dumps({"jobId": 5}).encode())
     assert (api.requests, publisher.published, publisher.polls) == ([], [], [])
+
+
+# Reality Modeling v2 jobs: the same follower, told by the poll's kind what differs.
+
+MODELING_JOB = {"id": "j1", "state": "Success", "type": "Reconstruction"}
+
+
+def v2_progress(percentage: int | float, state: str) -> ApiResponse:
+    return ApiResponse(200, {"progress": {"percentage": percentage, "state": state}}, 1)
+
+
+def v2_job(state: str) -> ApiResponse:
+    return ApiResponse(200, {"job": {**MODELING_JOB, "state": state}}, 1)
+
+
+def v2_poll(**fields: Any) -> bytes:
+    return poll(kind="modeling", **fields)
+
+
+async def test_a_v2_job_is_followed_on_its_own_paths_with_the_v2_accept() -> None:
+    publisher = FakePublisher()
+    await follower(FakeApi(), publisher).start(
+        "j1", "c1", "k1", None, at_once=False, kind=MODELING_JOBS
+    )
+    [(first, delay)] = publisher.polls
+    assert (first["kind"], delay) == ("modeling", SCHEDULE[0])
+    api = FakeApi(v2_progress(0, "Queued"))
+    await follower(api, publisher).poll(json.dumps(first).encode())
+    [request] = api.requests
+    assert (request.path, request.accept, request.priority) == (
+        "/reality-modeling/jobs/j1/progress", ACCEPT_V2, "poll",
+    )  # fmt: skip
+    [event] = publisher.published
+    assert event["type"] == "modeling.job.progress"
+    assert event["result"] == {"jobId": "j1", "percentage": 0, "state": "Queued"}, "no step"
+
+
+async def test_a_v2_state_change_at_the_same_percentage_is_announced_and_is_not_an_end() -> None:
+    api, publisher = FakeApi(v2_progress(40, "TerminatingOnCancel")), FakePublisher()
+    await follower(api, publisher).poll(v2_poll(percentage=40, state="Active"))
+    [event] = publisher.published
+    assert event["result"] == {"jobId": "j1", "percentage": 40, "state": "TerminatingOnCancel"}
+    [(following, _)] = publisher.polls
+    assert (following["state"], following["index"]) == ("TerminatingOnCancel", 0)
+    assert len(api.requests) == 1, "TerminatingOnCancel is not terminal: the job is not read"
+
+
+async def test_a_whole_percentage_written_as_a_float_counts_as_the_same() -> None:
+    api, publisher = FakeApi(v2_progress(40.0, "Active")), FakePublisher()
+    await follower(api, publisher).poll(v2_poll(percentage=40, state="Active"))
+    assert publisher.published == []
+
+
+@pytest.mark.parametrize(
+    ("state", "event_type"),
+    [("Success", "modeling.job.succeeded"), ("Cancelled", "modeling.job.cancelled")],
+)
+async def test_a_v2_job_ends_with_its_own_states_event(state: str, event_type: str) -> None:
+    api = FakeApi(v2_progress(100, state), v2_job(state))
+    publisher = FakePublisher()
+    await follower(api, publisher).poll(v2_poll(percentage=100, state="Active"))
+    progress, terminal = publisher.published
+    assert progress["type"] == "modeling.job.progress"
+    assert (terminal["type"], terminal["result"]["state"]) == (event_type, state)
+    assert "messages" not in terminal
+    assert [r.path for r in api.requests] == [
+        "/reality-modeling/jobs/j1/progress", "/reality-modeling/jobs/j1",
+    ]  # fmt: skip
+    assert publisher.polls == []
+
+
+async def test_a_failed_v2_job_ends_with_its_messages_read_once() -> None:
+    messages = {
+        "errors": [{"code": "InputData_Invalid", "title": "Invalid input data",
+                    "message": "Invalid input data (\"%1\")", "params": ["Sample_scan"]}],
+        "warnings": [],
+    }  # fmt: skip
+    api = FakeApi(
+        v2_progress(60, "Failed"), v2_job("Failed"), ApiResponse(200, {"messages": messages}, 2)
+    )
+    publisher = FakePublisher()
+    await follower(api, publisher).poll(v2_poll(percentage=60, state="TerminatingOnFailure"))
+    [progress, terminal] = publisher.published
+    assert progress["result"]["state"] == "Failed"
+    assert terminal["type"] == "modeling.job.failed"
+    assert terminal["result"] == {**MODELING_JOB, "state": "Failed"}, "the final job, unchanged"
+    assert terminal["messages"] == messages
+    assert terminal["attempts"] == 3, "the job's read and the messages' two attempts"
+    assert api.requests[-1].path == "/reality-modeling/jobs/j1/messages"
+    assert all(r.accept == ACCEPT_V2 for r in api.requests)
+
+
+async def test_messages_the_api_refuses_still_end_the_failed_job_without_them() -> None:
+    refused = ApiError("gone", status=404, code="JobNotFound")
+    api = FakeApi(v2_progress(60, "Failed"), v2_job("Failed"), refused)
+    publisher = FakePublisher()
+    await follower(api, publisher).poll(v2_poll(percentage=60, state="Failed"))
+    [terminal] = publisher.published
+    assert (terminal["type"], terminal["messages"]) == ("modeling.job.failed", None)
+
+
+async def test_messages_that_cannot_be_read_now_are_read_with_the_job_again_later() -> None:
+    api = FakeApi(v2_progress(60, "Failed"), v2_job("Failed"), TransientError("down", status=503))
+    publisher = FakePublisher()
+    await follower(api, publisher).poll(v2_poll(percentage=60, state="Failed"))
+    assert publisher.published == []
+    [(following, delay)] = publisher.polls
+    assert (following["seq"], delay) == (2, SCHEDULE[-1])
+
+
+async def test_a_v2_progress_of_another_shape_ends_the_following_with_its_failure() -> None:
+    api, publisher = FakeApi(progress(30)), FakePublisher()
+    await follower(api, publisher).poll(v2_poll())
+    [failed] = publisher.published
+    assert (failed["type"], failed["error"]["code"]) == (
+        "modeling.job.follow.failed", "UnexpectedResponse",
+    )  # fmt: skip
+
+
+async def test_a_poll_parked_before_v2_existed_is_a_contextcapture_poll() -> None:
+    parked = {"job_id": "j1", "command_id": "c1", "correlation_id": "k1", "seq": 3, "index": 1,
+              "percentage": 20, "step": "Calibration", "trace": {}}  # fmt: skip
+    api, publisher = FakeApi(progress(30)), FakePublisher()
+    await follower(api, publisher).poll(json.dumps(parked).encode())
+    assert api.requests[0].path == "/contextcapture/jobs/j1/progress"
+    assert api.requests[0].accept == ACCEPT_V1
+    [event] = publisher.published
+    assert event["type"] == "job.progress"

@@ -17,15 +17,57 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from service import json_schemas
+from service.api import ApiResponse
 from service.commands import BY_ROUTING_KEY, COMMANDS, UNKNOWN_COMMAND_EVENT, failure_event_type
-from service.errors import InvalidCommand, UnknownCommand
+from service.errors import ApiError, InvalidCommand, UnknownCommand
 from service.events import EncodedEvent, failure, success
+from service.idempotency import MemoryOutcomes
+from service.jobs import JobFollower, Poll
+from tests.fakes import FakeApi, FakePublisher
 
 ITWIN = "60805594-3e04-43b5-8fd8-5ccae0de23cc"
 ID = "e47cf092-729a-4ce2-b20e-9b01ad820cdb"
 SCHEMAS = json_schemas.schemas()
 
 SETTINGS = {"quality": "Extra", "processingEngines": 5, "outputs": ["OBJ", "3MX"]}
+RECONSTRUCTION = {
+    "type": "Reconstruction",
+    "name": "Reconstruction",
+    "iTwinId": ITWIN,
+    "specifications": {
+        "inputs": {
+            "scene": ID,
+            "regionOfInterest": "bkt:roi.json",
+            "extent": "bkt:extent.json",
+            "modelingReference": ID,
+            "presets": ["bkt:presets/a.json"],
+            "crsData": "bkt:crs",
+            "futureInput": {"kept": [1, 2.5, None, "x"]},
+        },
+        "outputs": {
+            "modelingReference": True,
+            "exports": [{"format": "3DTiles", "options": {"lodType": "Adaptive"}, "name": "tiles"}],
+        },
+        "options": {"tilingMode": "Adaptive", "tilingValue": 50, "geometricPrecision": "High",
+                    "modelingReferenceType": "Complete", "crs": "EPSG:4326"},
+    },
+}  # fmt: skip
+
+
+def creation(kind: str, specifications: Any, **envelope: Any) -> str:
+    """A `modeling.job.create` body of this type, as JSON text."""
+    return json.dumps({"type": kind, "iTwinId": ITWIN, "specifications": specifications,
+                       **envelope})  # fmt: skip
+
+
+def specs(inputs: Any, outputs: Any, **rest: Any) -> dict[str, Any]:
+    return {"inputs": inputs, "outputs": outputs, **rest}
+
+
+def listing(**criteria: Any) -> str:
+    return json.dumps(criteria)
+
+
 COST = {"gigaPixels": 2.5, "megaPoints": 1, "meshQuality": "Extra"}
 
 # One valid body per command: the base of its mutations.
@@ -70,6 +112,21 @@ VALID: dict[str, dict[str, Any]] = {
     "application.get": {"applicationId": ID},
     "application.update": {"applicationId": ID, "displayName": "Revit", "version": "2020"},
     "application.delete": {"applicationId": ID},
+    "modeling.job.create": RECONSTRUCTION,
+    "modeling.job.get": {"jobId": ID},
+    "modeling.job.cancel": {"jobId": ID},
+    "modeling.job.messages": {"jobId": ID},
+    "modeling.job.follow": {"jobId": ID},
+    "modeling.job.list": {
+        "iTwinId": ITWIN,
+        "state": "Active",
+        "type": "Tiling",
+        "name": "it's a job",
+        "createdAfter": "2025-03-06T09:42:33Z",
+        "createdBefore": "2026-01-01T00:00:00Z",
+        "top": 2,
+        "continuationToken": "MTRmZDkwOGY",
+    },
 }
 
 # Bodies with a known answer, beyond the mutations: (routing key, JSON text, valid?).
@@ -128,6 +185,111 @@ KNOWN: list[tuple[str, str, bool]] = [
     ("application.update", json.dumps({"applicationId": ID, "displayName": "a" * 251,
                                        "version": "1"}), False),
     ("application.update", json.dumps({"applicationId": ID, "displayName": "Revit"}), False),
+    # Reality Modeling v2: the envelope, each type's named fields, everything else passed on.
+    ("modeling.job.create", creation("Objects2D", specs({}, [])), False),
+    ("modeling.job.create", creation("reconstruction", specs({"scene": ID}, {})), False),
+    ("modeling.job.create", json.dumps({"iTwinId": ITWIN, "specifications": specs({}, [])}),
+     False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}), name="ab"),
+     False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}), name="abc"),
+     True),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}), name=None),
+     True),
+    ("modeling.job.create", creation("Reconstruction", specs({}, {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkt:"},
+                                                                {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkt:x"},
+                                                                {})), True),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkt:x\n"},
+                                                                {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "crsData": "bkts:x"},
+                                                                {})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "extent": ID}, {})),
+     False),
+    ("modeling.job.create", creation("Reconstruction", specs(
+        {"scene": ID}, {"exports": [{"format": "Cesium 3D Tiles"}]})), False),
+    ("modeling.job.create", creation("Reconstruction", specs(
+        {"scene": ID}, {"exports": [{"format": "LAS", "options": {"a": 1e400}}]})), False),
+    ("modeling.job.create", creation("Reconstruction", specs(
+        {"scene": ID}, {"exports": [{"options": {}}]})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}),
+                                     extra=1), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "x": [[1e400]]}, {})),
+     False),
+    ("modeling.job.create", '{"type": "Reconstruction", "iTwinId": "x", "specifications": '
+     '{"inputs": {"scene": "s", "x": NaN}, "outputs": {}}}', False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID, "x": 10 ** 400}, {})),
+     True),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}, options={
+        "tilingValue": -1})), False),
+    ("modeling.job.create", creation("Reconstruction", specs({"scene": ID}, {}, options={
+        "tilingMode": "Irregular"})), False),
+    ("modeling.job.create", creation("Calibration", specs({"scene": ID}, ["scene", "report",
+                                                                          "texturedTiePoints"])),
+     True),
+    ("modeling.job.create", creation("Calibration", specs({"scene": ID}, ["scene", "mesh"])),
+     False),
+    ("modeling.job.create", creation("Calibration", specs({"scene": ID}, {"scene": True})),
+     False),
+    ("modeling.job.create", creation("Tiling", specs({"scene": ID, "regionOfInterest": "bkt:r"},
+                                                     ["modelingReference"],
+                                                     options={"tilingValue": 5.5})), True),
+    ("modeling.job.create", creation("Tiling", specs({"scene": ID}, ["scene"])), False),
+    ("modeling.job.create", creation("Production", specs(
+        {"scene": ID, "modelingReference": ID}, {"exports": [{"format": "OrthophotoDSM"}]})),
+     True),
+    ("modeling.job.create", creation("Production", specs(
+        {"scene": ID}, {"exports": [{"format": "OBJ"}]})), False),
+    ("modeling.job.create", creation("Production", specs(
+        {"scene": ID, "modelingReference": ID}, {})), False),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"imageCollections": [ID]}, ["scene"])), True),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"sceneToComplete": ID}, ["scene"])), True),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"presets": []}, ["scene"])), False),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"sceneToProcess": None}, ["scene"])), False),
+    ("modeling.job.create", creation("FillImageProperties", specs(
+        {"imageCollections": []}, ["scene"])), True),
+    ("modeling.job.create", creation("ImportPointCloud", specs(
+        {"scene": ID, "crsData": "bkt:c"}, ["scanCollection", "scene"])), True),
+    ("modeling.job.create", creation("ImportPointCloud", specs({"scene": ID}, ["mesh"])), False),
+    ("modeling.job.create", creation("GaussianSplats", specs({"anything": [1]}, ["splats"],
+                                                             options={"x": "y"})), True),
+    ("modeling.job.create", creation("Constraints", specs({}, {"constraints": ID})), True),
+    ("modeling.job.create", creation("TouchUpImport", specs([], [])), False),
+    ("modeling.job.create", creation("WaterConstraints", specs({}, "constraints")), False),
+    ("modeling.job.create", creation("TouchUpExport", {"inputs": {}}), False),
+    # The list's criteria: each checked before the worker writes the $filter.
+    ("modeling.job.list", "{}", False),
+    ("modeling.job.list", listing(top=5), False),
+    ("modeling.job.list", listing(iTwinId=None, continuationToken=None), False),
+    ("modeling.job.list", listing(continuationToken="t" * 2048), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN.upper()), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN + "\n"), False),
+    ("modeling.job.list", listing(iTwinId="not-a-guid"), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN + " or state eq 'Active'"), False),
+    ("modeling.job.list", listing(state="active"), False),
+    ("modeling.job.list", listing(state="TerminatingOnCancel"), True),
+    ("modeling.job.list", listing(type="Objects2D"), False),
+    ("modeling.job.list", listing(createdAfter="2025-03-06T09:42:33+00:00"), False),
+    ("modeling.job.list", listing(createdAfter="2025-13-06T09:42:33Z"), False),
+    ("modeling.job.list", listing(createdAfter="2025-03-06T24:42:33Z"), False),
+    ("modeling.job.list", listing(createdBefore="2025-03-06T09:42:33Z\n"), False),
+    ("modeling.job.list", listing(createdBefore="\uff12025-03-06T09:42:33Z"), False),
+    ("modeling.job.list", listing(createdBefore="2025-03-06T09:42:33.5Z"), False),
+    ("modeling.job.list", listing(name="x' or '1' eq '1"), True),
+    ("modeling.job.list", listing(name="n" * 256), True),
+    ("modeling.job.list", listing(name="n" * 257), False),
+    ("modeling.job.list", listing(name="a\tb"), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=0), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=1000), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=1001), False),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top=2.0), True),
+    ("modeling.job.list", listing(iTwinId=ITWIN, top="2"), False),
+    ("modeling.job.cancel", json.dumps({"jobId": "../jobs"}), False),
 ]  # fmt: skip
 
 # Values every field of every body is also tried with.
@@ -178,9 +340,11 @@ def schema_accepts(routing_key: str, text: str) -> bool:
 def worker_accepts(routing_key: str, text: str) -> bool:
     spec = BY_ROUTING_KEY[routing_key]
     try:
-        spec.request(spec.parse(text.encode()))
+        request = spec.request(spec.parse(text.encode()))
     except InvalidCommand:
         return False
+    # What the API client sends: an accepted body must be one JSON can carry.
+    json.dumps(request.json, allow_nan=False)
     return True
 
 
@@ -233,6 +397,8 @@ def test_every_event_the_worker_makes_matches_its_schema() -> None:
         result: dict[str, Any] = {"id": "x"}
         if spec.result == "ids":
             result = {name: "x" for name in spec.path_fields}
+        elif spec.result == "ids_and_object":
+            result = {name: "x" for name in spec.path_fields} | {"errors": [], "warnings": []}
         elif spec.result in {"list", "page"}:
             result = {spec.result_key: [{"id": "x"}]}
         if spec.result == "page":
@@ -279,3 +445,29 @@ def test_the_unknown_command_schema_refuses_a_type_no_unknown_command_gets() -> 
     assert Draft202012Validator(schema).is_valid(made)
     for wrong in ("bogus.thing", "a b.failed", "bogus..failed"):
         assert not Draft202012Validator(schema).is_valid({**made, "type": wrong}), wrong
+
+
+@pytest.mark.parametrize("messages", [{"errors": [{"code": "E"}], "warnings": []}, None])
+async def test_the_events_of_a_followed_v2_job_match_their_schemas(
+    messages: dict[str, Any] | None,
+) -> None:
+    answers: list[ApiResponse | Exception] = [
+        ApiResponse(200, {"progress": {"percentage": 60, "state": "Failed"}}, 1),
+        ApiResponse(200, {"job": {"id": "j1", "state": "Failed"}}, 1),
+        ApiResponse(200, {"messages": messages}, 1)
+        if messages is not None
+        else ApiError("gone", status=404, code="JobNotFound"),
+    ]
+    publisher = FakePublisher()
+    follower = JobFollower(FakeApi(*answers), publisher, MemoryOutcomes(ttl=60, lease=5), (1.0,))
+    poll = Poll(job_id="j1", command_id="c", correlation_id="c", kind="modeling")
+    await follower.poll(poll.model_dump_json().encode())
+    progress, ended = publisher.published
+    assert (progress["type"], ended["type"]) == ("modeling.job.progress", "modeling.job.failed")
+    assert ended["messages"] == messages
+    for event in (progress, ended):
+        schema = SCHEMAS[f"events/{event['type']}.json"]
+        assert Draft202012Validator(schema).is_valid(event), event["type"]
+    assert not Draft202012Validator(SCHEMAS["events/modeling.job.failed.json"]).is_valid(
+        {k: v for k, v in ended.items() if k != "messages"}
+    ), "a failed v2 job's event always has its messages (or null)"
