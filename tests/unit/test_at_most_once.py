@@ -11,6 +11,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from service.api import ApiResponse, BeforeSending
 from service.commands import BY_ROUTING_KEY, ApiRequest
 from service.delivery import DELAYED_ATTEMPT_HEADER, REPLAY_HEADER, Delivery
@@ -292,3 +294,26 @@ def test_a_repository_is_looked_up_by_its_class_and_uri_in_its_itwin() -> None:
             "uri": "https://maps.example/wms", "displayName": "x"}  # fmt: skip
     elsewhere = {**made, "id": "r2", "uri": "https://maps.example/other"}
     assert spec.lookup.found(command, {"repositories": [elsewhere, made]}) == [made]
+
+
+async def test_a_job_is_followed_after_its_command_is_recorded_and_again_on_a_redelivery() -> None:
+    """The worker stops between the record of `job.submit` and the start of following: the
+    next delivery answers from the record and starts following (a second start is harmless)."""
+
+    class StopsBeforeFollowing(FakePublisher):
+        async def schedule_poll(self, poll: bytes, poll_id: str, delay: float | None) -> None:
+            raise RuntimeError("the worker stopped here")
+
+    outcomes = MemoryOutcomes(ttl=60, lease=5)
+    submitted = ApiResponse(200, {"job": {"id": "j1", "state": "active"}}, 1)
+    submit = Delivery(body=b'{"jobId": "j1"}', routing_key="job.submit", message_id="s1")
+    spec = BY_ROUTING_KEY["job.submit"]
+    with pytest.raises(RuntimeError):
+        await bootstrapped(FakeApi(submitted), StopsBeforeFollowing(), outcomes).pipeline.handle(
+            spec, submit
+        )
+    api, publisher = FakeApi(), FakePublisher()
+    await bootstrapped(api, publisher, outcomes).pipeline.handle(spec, submit)
+    assert api.requests == [], "answered from the record"
+    assert [event["type"] for event in publisher.published] == ["job.submitted"]
+    assert [poll["job_id"] for poll, _ in publisher.polls] == ["j1"]
