@@ -39,9 +39,10 @@ Figures:
 `--worker-source DIR` runs d from another version's `service/` package (for A/B between
 commits: `git archive <commit> service | tar -x -C DIR`).
 
-`--rate R` instead runs the worker alone at a real budget: limiter on at R calls/s (burst
-`--burst`, default 20), a 5 000-command backlog of `--command` (workspace.create, or
-application.create with a name of its own each), `--latency-ms` as given (default 50 here), one
+`--rate R` instead runs the worker alone at a real budget, as an operator would measure it from
+outside: limiter on at R calls/s (burst `--burst`, default 10: the top tier is R = 83, B = 10),
+a 3 000-command backlog of `--command` (default application.create, each with a name of its
+own; or workspace.create), `--latency-ms` as given (default 50 here), one
 run per latency, with a Redis server of the bench's own. It prints the worker's CPU as a share
 of one core while it drains and per command, the Redis round trips per command (the commands
 that Redis ran), and the budget's utilisation: API calls after the first `burst` ones, per
@@ -94,10 +95,13 @@ from bench._common import (
 )
 from bench._variants import Config
 from bench.otlp_sink import READY as OTLP_READY
+from bench.steps import step_table
 from service.producer import Producer
 from service.settings import Settings
 from tests.support import RedisServers, free_port
 
+PY_SPY = Path(sys.executable).with_name("py-spy")
+"""The sampling profiler of `--profile`, installed beside the interpreter (dev dependencies)."""
 VARIANTS = ("a", "b", "c", "d")
 TRACED = "t"
 DESCRIPTION = {
@@ -132,6 +136,8 @@ class Options:
     tracing: bool = False
     command: str = ROUTING_KEY
     """The backlog's command (`--rate` only: the baselines speak workspace.create)."""
+    profile: bool = False
+    """`--rate`: sample the worker with py-spy while it drains; print where its CPU goes."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ class Measurement:
     """Slowest and fastest run, for medians."""
     redis_round_trips: int = 0
     """Round trips to the bench's Redis during the drain (`--rate`: a Redis of its own)."""
+    profile: Path | None = None
+    """py-spy's raw (collapsed) samples of the drain, with `--profile`."""
 
 
 @dataclass
@@ -247,9 +255,12 @@ class Bench:
             ready_s = await child.ready()
             ready_rss = status_mib(child.pid, "VmRSS")
             first_at = await self.counter.first_event(within=30.0)
+            profiler = await self._profile(child.pid, count) if self.options.profile else None
             (t0, cpu0), (t1, cpu1) = await self.counter.finish_round(
                 within=60.0 + count / 20, alive=child.alive
             )
+            if profiler is not None:
+                await profiler.wait()
             peak = status_mib(child.pid, "VmHWM")
             round_trips = await redis_round_trips(self.redis) - round_trips_before
         except TimeoutError:
@@ -276,7 +287,17 @@ class Bench:
             rss_samples=samples,
             ready_rss_mib=ready_rss,
             redis_round_trips=round_trips,
+            profile=self.workdir / f"profile-{self.runs:03d}.txt" if profiler else None,
         )
+
+    async def _profile(self, pid: int, count: int) -> asyncio.subprocess.Process:
+        """py-spy on the worker for most of the drain (it ends before the last command)."""
+        seconds = max(2, int(0.8 * count / (self.options.rate or 100.0)))
+        return await asyncio.create_subprocess_exec(
+            str(PY_SPY), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+            "--format", "raw", "--output", str(self.workdir / f"profile-{self.runs:03d}.txt"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
 
     async def _sample_rss(self, pid: int, samples: list[tuple[int, float]]) -> None:
         for _ in range(100_000):
@@ -522,6 +543,11 @@ def print_budget(options: Options, runs: Sequence[BudgetRun]) -> None:
             f"{m.cpu_per_1000['consumer']:>11.2f} {m.redis_round_trips / m.commands:>10.2f} "
             f"{run.utilisation:>12.4f} {m.peak_rss_mib:>6.0f}MiB"
         )
+    for run in runs:
+        m = run.measurement
+        if m.profile is not None:
+            print(f"\nwhere the worker's CPU goes ({m.latency_ms:g} ms API; py-spy samples)")
+            print(step_table(m.profile.read_text(), m.cpu_per_1000["consumer"]))
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -584,12 +610,16 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument("--memory", action="store_true", help="worker RSS with a 10k backlog")
     parser.add_argument("--rate", type=float, help="the worker alone at this budget (calls/s)")
-    parser.add_argument("--burst", type=int, default=20, help="the budget's burst (--rate; 20)")
+    parser.add_argument("--burst", type=int, default=10, help="the budget's burst (--rate; 10)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="(--rate) sample the worker with py-spy; print its CPU per pipeline step",
+    )
     parser.add_argument(
         "--command",
         choices=BACKLOG_COMMANDS,
-        default=ROUTING_KEY,
-        help="the backlog's command (--rate; default workspace.create)",
+        help="the backlog's command (--rate only; default application.create)",
     )
     parser.add_argument(
         "--worker-source",
@@ -601,12 +631,16 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     if not variants or not set(variants) <= set(VARIANTS):
         parser.error("--variants: a comma-separated subset of a,b,c,d")
     default_commands = 1000 if args.quick else 10_000 if args.memory else 5000
+    if args.rate is not None:
+        default_commands = 3000
     commands = args.commands or default_commands
     if commands < 2 or args.repeat < 1 or args.prefetch < 1:
         parser.error("--commands must be at least 2, --repeat and --prefetch at least 1")
     if args.rate is not None and (args.rate <= 0 or args.burst < 1 or args.memory):
         parser.error("--rate must be positive, --burst at least 1, and not with --memory")
-    if args.command != ROUTING_KEY and args.rate is None:
+    if args.profile and (args.rate is None or not PY_SPY.exists()):
+        parser.error("--profile is for --rate, and needs py-spy (in the dev dependencies)")
+    if args.command is not None and args.rate is None:
         parser.error("--command is for --rate (the baselines speak workspace.create)")
     latencies = "50" if args.rate and "--latency-ms" not in (argv or sys.argv) else args.latency_ms
     return Options(
@@ -620,7 +654,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         rate=args.rate,
         burst=args.burst,
         tracing=args.tracing,
-        command=args.command,
+        command=args.command or ("application.create" if args.rate else ROUTING_KEY),
+        profile=args.profile,
     )
 
 
