@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from service.breaker import BreakerPolicy, BreakerState, LocalBreaker, admit, failed, succeeded
+from service.breaker import (
+    BreakerPolicy,
+    BreakerState,
+    LocalBreaker,
+    Verdict,
+    admit,
+    failed,
+    succeeded,
+)
 from service.metrics import Metrics
 from service.outages import DependencyDown
 
@@ -100,3 +110,36 @@ async def test_local_breaker_refuses_while_open_and_reports_its_state() -> None:
         == 0
     )
     assert not (await breaker.admit()).probe
+
+
+class CountingBreaker(LocalBreaker):
+    """A local breaker that counts its store operations (a shared store's round trips)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__("api", POLICY, Metrics(), clock=clock)
+        self.asked: list[str] = []
+
+    async def _operate(self, mode: str, caller: str, probe: bool) -> tuple[Verdict, float]:
+        self.asked.append(mode)
+        return await super()._operate(mode, caller, probe)
+
+
+async def test_a_breaker_seen_closed_admits_without_asking_until_its_recheck_or_a_failure() -> None:
+    now = [0.0]
+    breaker = CountingBreaker(lambda: now[0])
+    for _ in range(10):
+        await breaker.admit()
+    assert breaker.asked == ["admit"], "asked once, then admitted from what it saw"
+    now[0] = POLICY.closed_recheck + 0.01
+    permit = await breaker.admit()
+    assert breaker.asked == ["admit", "admit"]
+    await breaker.failed(permit)
+    await breaker.admit()
+    await breaker.admit()
+    assert breaker.asked == ["admit", "admit", "failure", "admit", "admit"], (
+        "after a failure of its own every call asks, until a success resets the run"
+    )
+    await breaker.succeeded(permit)
+    await breaker.admit()
+    await breaker.admit()
+    assert breaker.asked[-1] == "success", "its last admits saw it closed: no need to ask"
