@@ -247,7 +247,7 @@ class _SleepingLimiter:
                 await self._sleep(max(slot.answered + slot.wait - self._timer(), 0.0))
                 # A 429 seen by any replica while we slept invalidates our reservation, and so
                 # does a failover of the store that may have lost it.
-                if not await self._holds(slot.epoch):
+                if not await self._holds(slot):
                     continue
             if self._timer() - (slot.asked + slot.wait) <= allowed:
                 return self._timer() - started
@@ -261,7 +261,7 @@ class _SleepingLimiter:
         """A poll's slot now (None), or the seconds until it should ask again."""
         raise NotImplementedError
 
-    async def _holds(self, epoch: str) -> bool:
+    async def _holds(self, slot: Reservation) -> bool:
         """No pause since, and the store is still in the epoch that gave the slot."""
         raise NotImplementedError
 
@@ -290,7 +290,7 @@ class LocalLimiter(_SleepingLimiter):
         wait, self._state = take(self._buckets, self._state, self._clock(), self._lateness_allowed)
         return wait or None
 
-    async def _holds(self, epoch: str) -> bool:
+    async def _holds(self, slot: Reservation) -> bool:
         return self._state.paused_until <= self._clock()
 
     async def pause(self, seconds: float) -> None:
@@ -302,8 +302,9 @@ class LocalLimiter(_SleepingLimiter):
 # integers; the share owed goes out exact (17 digits), as its sums drift otherwise. KEYS: the
 # state hash. ARGV: mode, now, pause seconds, slots owed to the polls per command
 # (share / (1 - share)), a hole's lateness allowed, the polls' return grace, then interval and
-# tolerance of each bucket. Returns {seconds, epoch, 'go' | 'wait'}: until the
-# reserved slot ('reserve'), until a poll asks again ('take', 'wait'), or left of the pause.
+# tolerance of each bucket. Returns {seconds, epoch, 'go' | 'wait', pause}: until the
+# reserved slot ('reserve'), until a poll asks again ('take', 'wait'), or left of the pause;
+# and, whatever the mode, the seconds left of the pause in force.
 # The holes are one field, their times separated by spaces: at most a share of the commands
 # in flight, so a few dozen.
 #
@@ -332,7 +333,8 @@ for i = 1, n do fields[#fields + 1] = 'tat' .. i end
 local stored = redis.call('HMGET', key, unpack(fields))
 local paused_until = tonumber(stored[1]) or 0
 if mode == 'check' then
-  return {fmt(math.max(paused_until - now, 0)), epoch, 'go'}
+  local left = fmt(math.max(paused_until - now, 0))
+  return {left, epoch, 'go', left}
 end
 local owed = tonumber(stored[3]) or 0
 local polls_until = tonumber(stored[4]) or 0
@@ -418,16 +420,34 @@ for i = 1, n do
   update[#update + 1] = fmt(tats[i])
 end
 redis.call('HSET', key, unpack(update))
-return {fmt(result), epoch, status}
+return {fmt(result), epoch, status, fmt(math.max(paused_until - now, 0))}
 """
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the newest answer of the store said (this process's clock): when it came, when the
+    pause then in force ends, and the store's epoch."""
+
+    answered: float
+    pause_ends: float
+    epoch: str
+
+
+SEEN_FRESH_SECONDS = 0.05
+"""How old the newest answer may be to stand for the store's state when a sleeper wakes."""
 
 
 class RedisLimiter(_SleepingLimiter):
     """The budget shared by every replica that points at the same Redis and key prefix.
 
-    One script call per reservation, and one more for a caller that slept (did a pause or a
-    failover come meanwhile?); one per try of a poll. A call redis-py retries after a lost
-    answer may reserve (or take) twice: a slot is wasted, the bound holds.
+    One script call per reservation; one per try of a poll. A caller that slept must know that
+    no pause (a 429 any replica saw) and no failover came meanwhile: every answer says both, so
+    when this process's newest answer is at most `SEEN_FRESH_SECONDS` old (under load it is a
+    few milliseconds: reservations come all the time) it stands for the store, else one more
+    call asks. A pause recorded in that last instant is met as a 429, which pauses again. A
+    call redis-py retries after a lost answer may reserve (or take) twice: a slot is wasted,
+    the bound holds.
     """
 
     def __init__(
@@ -444,6 +464,7 @@ class RedisLimiter(_SleepingLimiter):
         self._key = keys.limiter
         self._script = redis.register_script(_SCRIPT)
         self._clock = clock
+        self._seen = Seen(float("-inf"), float("inf"), "")
         self._policy_args = [
             repr(poll_share / (1 - poll_share)),
             repr(self._lateness_allowed),
@@ -454,9 +475,12 @@ class RedisLimiter(_SleepingLimiter):
 
     async def _run(self, mode: str, seconds: float = 0.0) -> tuple[float, str, bool]:
         now = "" if self._clock is None else repr(self._clock())
-        seconds_left, epoch, status = await self._script(
+        seconds_left, epoch, status, pause = await self._script(
             keys=[self._key], args=[mode, now, repr(seconds), *self._policy_args]
         )
+        answered = self._timer()
+        if answered >= self._seen.answered:
+            self._seen = Seen(answered, answered + float(pause), epoch.decode())
         return float(seconds_left), epoch.decode(), status == b"go"
 
     async def _reserve(self) -> tuple[float, str]:
@@ -467,9 +491,12 @@ class RedisLimiter(_SleepingLimiter):
         wait, _, go = await self._run("take")
         return None if go else wait
 
-    async def _holds(self, epoch: str) -> bool:
-        paused, now_epoch, _ = await self._run("check")
-        return paused == 0 and now_epoch == epoch
+    async def _holds(self, slot: Reservation) -> bool:
+        seen = self._seen
+        if self._timer() - seen.answered > SEEN_FRESH_SECONDS:
+            await self._run("check")
+            seen = self._seen
+        return seen.epoch == slot.epoch and seen.pause_ends <= self._timer()
 
     async def pause(self, seconds: float) -> None:
         await self._run("pause", seconds)

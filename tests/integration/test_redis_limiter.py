@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
 from service.idempotency import Busy, Leased, Orphaned, Recorded, RedisOutcomes
-from service.limiter import Bucket, RedisLimiter, State, pause, reserve, take
+from service.limiter import Bucket, RedisLimiter, Reservation, State, pause, reserve, take
 from service.redis_connection import RedisClient, connect_redis
 from service.redis_keys import RedisKeys
 from service.settings import load_settings
@@ -90,9 +90,9 @@ async def test_a_new_epoch_spends_the_burst_and_voids_the_old_epochs_slots(
     limiter = RedisLimiter(redis, keys, (Bucket(rate=10, burst=5),), clock=clock)
     assert [(await limiter._reserve())[0] for _ in range(3)] == pytest.approx([0, 0, 0])
     _, epoch = await limiter._reserve()
-    assert await limiter._holds(epoch)
+    assert await limiter._holds(Reservation(0.0, 0.0, 0.0, epoch))
     await redis.hset(keys.limiter, "epoch", "the-old-masters-replication-id")
-    assert not await limiter._holds("the-old-masters-replication-id")
+    assert not await limiter._holds(Reservation(0.0, 0.0, 0.0, "the-old-masters-replication-id"))
     waits = [(await limiter._reserve())[0] for _ in range(3)]
     # 4 of the 5 burst tokens were spent: one would be left, but the new epoch takes it.
     assert waits == pytest.approx([0.0, 0.1, 0.2])
@@ -224,3 +224,41 @@ async def test_the_url_chooses_the_database_and_the_user(redis: Redis, redis_pre
         await authorised.aclose()
         await refused.aclose()
         await redis.acl_deluser(user)
+
+
+async def test_a_sleeper_learns_of_another_replicas_pause_and_fresh_answers_spare_the_check(
+    redis: Redis, redis_prefix: str
+) -> None:
+    """Two replicas on one budget. A caller asleep towards its slot while another replica
+    records a 429's pause starts after the pause, not in it. Under load the answers of the
+    other reservations tell a waking caller what it needs: most wake without a second call."""
+    keys = RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}")
+    one = RedisLimiter(redis, keys, (Bucket(rate=2, burst=1),))
+    other = RedisLimiter(redis, keys, (Bucket(rate=2, burst=1),))
+    await one.acquire()
+    sleeper = asyncio.create_task(one.acquire())
+    await asyncio.sleep(0.1)
+    paused_at = asyncio.get_running_loop().time()
+    await other.pause(1.0)
+    await sleeper
+    assert asyncio.get_running_loop().time() - paused_at >= 0.99
+
+    busy = RedisLimiter(redis, RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}"),
+                        (Bucket(rate=200, burst=1),))  # fmt: skip
+    checks = 0
+    run = busy._run
+
+    async def counted(mode: str, seconds: float = 0.0) -> tuple[float, str, bool]:
+        nonlocal checks
+        checks += mode == "check"
+        return await run(mode, seconds)
+
+    busy._run = counted  # type: ignore[method-assign]
+
+    async def caller(delay: float) -> None:
+        await asyncio.sleep(delay)
+        await busy.acquire()
+
+    # Arriving twice as fast as the budget: each sleeps, while the others keep reserving.
+    await asyncio.gather(*(caller(i / 400) for i in range(200)))
+    assert 0 < checks < 50, f"{checks} of 200 callers asked again"
