@@ -1,0 +1,180 @@
+"""Issue 25 acceptance: Redis Cluster faults are outages too; commands wait in their queues.
+
+A Redis Cluster of processes the test starts, freezes (SIGSTOP/SIGCONT) and kills by PID; two
+worker processes share it; 300 `application.create` against a budget of 40/s, burst 5. The
+simulator's request log judges what reached the API (each application is unique by name, so a
+second POST of one would be a second application, or a 409), the dead-letter queue what was
+given up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from service.producer import Producer
+from service.redis_keys import RedisKeys
+from service.simulator import SimulatorHandle
+from tests.support import (
+    RedisServers,
+    SpawnWorkers,
+    WorkerProcess,
+    cluster_primary_of,
+    cluster_replica_of,
+    drain_queue,
+    free_port,
+    max_in_window,
+)
+
+pytestmark = pytest.mark.slow
+
+RATE, BURST, COMMANDS = 40.0, 5, 300
+DLQ = "itwin-worker.dlq"
+
+
+async def spawn(spawn_workers: SpawnWorkers, node_url: str, prefix: str) -> list[WorkerProcess]:
+    return await spawn_workers(
+        2,
+        redis_url=node_url,
+        redis_cluster=True,
+        redis_prefix=prefix,
+        rate_limit_per_second=RATE,
+        rate_limit_burst=BURST,
+    )
+
+
+async def publish_all(producer: Producer) -> list[str]:
+    return [
+        await producer.publish(
+            "application.create",
+            json.dumps({"displayName": f"app-{i}", "version": "1"}).encode(),
+        )
+        for i in range(COMMANDS)
+    ]
+
+
+async def api_calls_reach(sim: SimulatorHandle, count: int) -> None:
+    async with asyncio.timeout(30):
+        while len(sim.requests(kind="api")) < count:
+            await asyncio.sleep(0.05)
+
+
+async def redis_down_everywhere(workers: list[WorkerProcess], within: float) -> None:
+    """Every worker says so: `/readyz` 503 naming redis, and the dependency gauge at 1."""
+    async with asyncio.timeout(within):
+        while True:
+            reports = [(w.readiness(), w.metric(*DOWN)) for w in workers]
+            if all(status == 503 and not checks["redis"] and down == 1
+                   for (status, checks), down in reports):  # fmt: skip
+                return
+            await asyncio.sleep(0.5)
+
+
+DOWN = ("itwin_worker_dependency_down", {"dependency": "redis"})
+
+
+async def every_command_created_once(
+    amqp_url: str, sim: SimulatorHandle, producer: Producer, ids: list[str], within: float
+) -> None:
+    async with asyncio.timeout(within):
+        for command_id in ids:
+            await producer.event_for(command_id)
+    await asyncio.sleep(1.0)
+    mine = set(ids)
+    events = [event for event in producer.events if event.get("commandId") in mine]
+    assert sorted(event["commandId"] for event in events) == sorted(ids), "one event each"
+    assert {event["type"] for event in events} == {"application.created"}, [
+        event.get("error") for event in events if event["type"] != "application.created"
+    ]
+    posts = [r for r in sim.requests(kind="api") if r.method == "POST"]
+    assert len(posts) == COMMANDS, "no command was sent twice"
+    assert {r.status for r in posts} == {201}
+    dead = await drain_queue(amqp_url, DLQ, quiet=0.5)
+    assert [m.message_id for m in dead if m.message_id in mine] == []
+
+
+async def test_a_primary_stalled_for_20_s_mid_load_holds_the_commands(
+    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_servers: RedisServers
+) -> None:
+    nodes = await redis_servers.cluster(3)
+    prefix = f"itwin-test-{uuid.uuid4().hex[:10]}"
+    stalled = await cluster_primary_of(nodes, RedisKeys(prefix).limiter)
+    workers = await spawn(spawn_workers, nodes[0].url, prefix)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        ids = await publish_all(producer)
+        await api_calls_reach(sim, COMMANDS // 4)
+        stalled.pause()
+        resume_at = time.monotonic() + 20.0
+        try:
+            await redis_down_everywhere(workers, within=19.0)
+            await asyncio.sleep(resume_at - time.monotonic())
+        finally:
+            stalled.resume()
+        await every_command_created_once(amqp_url, sim, producer, ids, within=90)
+    assert all(w.process.poll() is None for w in workers), "the workers are alive"
+    for worker in workers:
+        assert worker.readiness()[0] == 200
+        assert worker.metric(*DOWN) == 0
+
+
+async def test_a_primary_killed_mid_load_is_replaced_by_its_replica_within_the_budget(
+    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_servers: RedisServers
+) -> None:
+    nodes = await redis_servers.cluster(3, replicas=1, node_timeout_ms=1000)
+    prefix = f"itwin-test-{uuid.uuid4().hex[:10]}"
+    limiter_key = RedisKeys(prefix).limiter
+    primary = await cluster_primary_of(nodes, limiter_key)
+    replica = await cluster_replica_of(nodes, primary)
+    await spawn(spawn_workers, nodes[0].url, prefix)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        ids = await publish_all(producer)
+        await api_calls_reach(sim, COMMANDS // 3)
+        killed_at = time.time()
+        old_epoch = await replication_id(primary.port)
+        primary.kill()
+        await every_command_created_once(amqp_url, sim, producer, ids, within=90)
+    arrivals = [request.t for request in sim.requests(kind="api")]
+    assert min(arrivals) < killed_at < max(arrivals) - 1.0, "the failover came mid-load"
+    worst = max_in_window(arrivals, 1.0)
+    assert worst <= RATE + 2 * BURST, f"{worst} calls in one second"
+    # The budget moved with its slot to the promoted replica, and the limiter saw the new epoch.
+    new_primary = Redis(host="127.0.0.1", port=replica.port)
+    try:
+        replication = await new_primary.info("replication")
+        assert replication["role"] == "master"
+        epoch = await new_primary.hget(limiter_key, "epoch")
+        assert epoch == replication["master_replid"].encode() != old_epoch.encode()
+    finally:
+        await new_primary.aclose()
+
+
+async def replication_id(port: int) -> str:
+    client = Redis(host="127.0.0.1", port=port)
+    try:
+        replid: str = (await client.info("replication"))["master_replid"]
+        return replid
+    finally:
+        await client.aclose()
+
+
+async def test_a_cluster_unreachable_for_the_first_15_s_answers_every_command_after(
+    amqp_url: str, sim: SimulatorHandle, spawn_workers: SpawnWorkers, redis_servers: RedisServers
+) -> None:
+    ports = [free_port(with_bus=True) for _ in range(3)]
+    prefix = f"itwin-test-{uuid.uuid4().hex[:10]}"
+    workers = await spawn(spawn_workers, f"redis://127.0.0.1:{ports[0]}/0", prefix)
+    async with Producer(amqp_url, "itwin.commands") as producer:
+        ids = await publish_all(producer)
+        unreachable_until = time.monotonic() + 15.0
+        await redis_down_everywhere(workers, within=14.0)
+        await asyncio.sleep(unreachable_until - time.monotonic())
+        assert producer.events == []
+        assert sim.requests(kind="api") == []
+        await redis_servers.cluster(3, ports=ports)
+        await every_command_created_once(amqp_url, sim, producer, ids, within=90)
+    assert all(w.process.poll() is None for w in workers), "the workers are alive"
