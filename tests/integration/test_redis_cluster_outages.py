@@ -13,14 +13,20 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from service.limiter import Bucket, RedisLimiter
+from service.outages import REDIS_UNAVAILABLE
 from service.producer import Producer
+from service.redis_connection import connect_redis
 from service.redis_keys import RedisKeys
+from service.settings import load_settings
 from service.simulator import SimulatorHandle
 from tests.support import (
+    RedisServer,
     RedisServers,
     SpawnWorkers,
     WorkerProcess,
@@ -178,3 +184,63 @@ async def test_a_cluster_unreachable_for_the_first_15_s_answers_every_command_af
         await redis_servers.cluster(3, ports=ports)
         await every_command_created_once(amqp_url, sim, producer, ids, within=90)
     assert all(w.process.poll() is None for w in workers), "the workers are alive"
+
+
+async def test_a_replica_promoted_without_the_last_reservations_counts_the_burst_as_spent(
+    redis_servers: RedisServers,
+) -> None:
+    """The limiter's guard on a real failover that lost writes: the primary gives the whole
+    burst while its replica is frozen and cut off, dies, and the replica takes over with the
+    state from before. Without the guard (its epoch, `service/limiter.py`) the burst would be
+    given again."""
+    nodes = await redis_servers.cluster(3, replicas=1, node_timeout_ms=1000)
+    keys = RedisKeys(f"itwin-test-{uuid.uuid4().hex[:10]}")
+    primary = await cluster_primary_of(nodes, keys.limiter)
+    replica = await cluster_replica_of(nodes, primary)
+    [entry, *_] = [node for node in nodes if node not in (primary, replica)]
+    connection = connect_redis(load_settings(redis_url=entry.url, redis_cluster=True))
+    assert connection is not None
+    bucket = Bucket(rate=2.0, burst=4)
+    limiter = RedisLimiter(connection.client, keys, [bucket])
+    try:
+        _, old_epoch = await limiter._reserve()
+        assert await command(primary, "WAIT", 1, 5000) == 1, "the replica has the state"
+        # Frozen, and cut off: what the primary writes from now on never reaches it.
+        replica.pause()
+        assert await command(primary, "CLIENT", "KILL", "TYPE", "replica") == 1
+        for _ in range(bucket.burst - 1):
+            assert (await limiter._reserve())[0] < bucket.interval, "the burst, from the primary"
+        given = float(await command(primary, "HGET", keys.limiter, "tat1"))
+        primary.kill()
+        replica.resume()
+        async with asyncio.timeout(30):
+            while (await command(replica, "ROLE"))[0] != b"master":
+                await asyncio.sleep(0.1)
+        kept = float(await command(replica, "HGET", keys.limiter, "tat1"))
+        assert kept < given, "the promoted replica lost the primary's last reservations"
+
+        slots = [await reserve_once_up(limiter) for _ in range(bucket.burst)]
+        assert {epoch for _, epoch in slots} == {await replication_id(replica.port)} != {old_epoch}
+        # The steady rate from the first slot on: no second burst.
+        waits = [wait for wait, _ in slots]
+        assert waits[-1] >= (bucket.burst - 1) * bucket.interval - 0.25, waits
+    finally:
+        await connection.aclose()
+
+
+async def command(node: RedisServer, *args: Any) -> Any:
+    client = node.client()
+    try:
+        return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+    finally:
+        await client.aclose()
+
+
+async def reserve_once_up(limiter: RedisLimiter) -> tuple[float, str]:
+    """A reservation, once the cluster serves the limiter's slot again."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                return await limiter._reserve()
+            except REDIS_UNAVAILABLE:
+                await asyncio.sleep(0.1)
