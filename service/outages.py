@@ -59,8 +59,10 @@ class DependencyDown(Exception):
 class Outages:
     """Where the pipeline waits: Redis's own up/down view, and a wait per breaker by name.
 
-    Redis is marked down by the first caller that meets it unreachable and up by the first
-    PING that answers; each change is logged once and shown in the `dependency_down` gauge.
+    Redis is marked down by the first caller that meets it unable to answer (`REDIS_UNAVAILABLE`)
+    and up by the first health check that passes (`RedisConnection.ping`: PING, or in a Cluster
+    `cluster_state:ok` on every primary); each change is logged once and shown in the
+    `dependency_down` gauge.
     """
 
     def __init__(

@@ -347,15 +347,17 @@ class WorkerProcess:
                 return int(entry["http_port"])
         raise LookupError("the worker has not said where it listens")
 
-    def readiness(self) -> tuple[int, dict[str, bool]]:
+    async def readiness(self) -> tuple[int, dict[str, bool]]:
         """`/readyz`: the status code and the checks."""
-        answer = httpx.get(f"http://127.0.0.1:{self.http_port}/readyz", timeout=10)
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.get(f"http://127.0.0.1:{self.http_port}/readyz")
         assert answer.status_code in (200, 503), f"/readyz: {answer.status_code} {answer.text}"
         return answer.status_code, answer.json()["checks"]
 
-    def metric(self, name: str, labels: Mapping[str, str]) -> float | None:
+    async def metric(self, name: str, labels: Mapping[str, str]) -> float | None:
         """One sample of `/metrics`, None when absent."""
-        page = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10).text
+        async with httpx.AsyncClient(timeout=10) as client:
+            page = (await client.get(f"http://127.0.0.1:{self.http_port}/metrics")).text
         for family in text_string_to_metric_families(page):
             for sample in family.samples:
                 if sample.name == name and sample.labels == dict(labels):

@@ -70,18 +70,26 @@ async def api_calls_reach(sim: SimulatorHandle, count: int) -> None:
             await asyncio.sleep(0.05)
 
 
+DOWN = ("itwin_worker_dependency_down", {"dependency": "redis"})
+
+
 async def redis_down_everywhere(workers: list[WorkerProcess], within: float) -> None:
     """Every worker says so: `/readyz` 503 naming redis, and the dependency gauge at 1."""
     async with asyncio.timeout(within):
-        while True:
-            reports = [(w.readiness(), w.metric(*DOWN)) for w in workers]
-            if all(status == 503 and not checks["redis"] and down == 1
-                   for (status, checks), down in reports):  # fmt: skip
-                return
+        while not all([await says_redis_down(worker) for worker in workers]):
             await asyncio.sleep(0.5)
 
 
-DOWN = ("itwin_worker_dependency_down", {"dependency": "redis"})
+async def says_redis_down(worker: WorkerProcess) -> bool:
+    status, checks = await worker.readiness()
+    return status == 503 and checks["redis"] is False and await worker.metric(*DOWN) == 1
+
+
+async def ready_again(workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        assert worker.process.poll() is None, "the worker is alive"
+        assert (await worker.readiness())[0] == 200
+        assert await worker.metric(*DOWN) == 0
 
 
 async def every_command_created_once(
@@ -122,10 +130,7 @@ async def test_a_primary_stalled_for_20_s_mid_load_holds_the_commands(
         finally:
             stalled.resume()
         await every_command_created_once(amqp_url, sim, producer, ids, within=90)
-    assert all(w.process.poll() is None for w in workers), "the workers are alive"
-    for worker in workers:
-        assert worker.readiness()[0] == 200
-        assert worker.metric(*DOWN) == 0
+    await ready_again(workers)
 
 
 async def test_a_primary_killed_mid_load_is_replaced_by_its_replica_within_the_budget(
@@ -136,7 +141,7 @@ async def test_a_primary_killed_mid_load_is_replaced_by_its_replica_within_the_b
     limiter_key = RedisKeys(prefix).limiter
     primary = await cluster_primary_of(nodes, limiter_key)
     replica = await cluster_replica_of(nodes, primary)
-    await spawn(spawn_workers, nodes[0].url, prefix)
+    workers = await spawn(spawn_workers, nodes[0].url, prefix)
     async with Producer(amqp_url, "itwin.commands") as producer:
         ids = await publish_all(producer)
         await api_calls_reach(sim, COMMANDS // 3)
@@ -157,6 +162,7 @@ async def test_a_primary_killed_mid_load_is_replaced_by_its_replica_within_the_b
         assert epoch == replication["master_replid"].encode() != old_epoch.encode()
     finally:
         await new_primary.aclose()
+    await ready_again(workers)
 
 
 async def replication_id(port: int) -> str:
@@ -183,7 +189,7 @@ async def test_a_cluster_unreachable_for_the_first_15_s_answers_every_command_af
         assert sim.requests(kind="api") == []
         await redis_servers.cluster(3, ports=ports)
         await every_command_created_once(amqp_url, sim, producer, ids, within=90)
-    assert all(w.process.poll() is None for w in workers), "the workers are alive"
+    await ready_again(workers)
 
 
 async def test_a_replica_promoted_without_the_last_reservations_counts_the_burst_as_spent(
