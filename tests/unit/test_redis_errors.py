@@ -208,13 +208,17 @@ class FailingOutcomes(MemoryOutcomes):
         self.error: Exception | None = error
         self.record_error = error
 
-    async def claim(self, command_id: str, *, fresh: bool = False) -> Claim:
+    async def claim(
+        self, command_id: str, *, fresh: bool = False, unsent_token: str | None = None
+    ) -> Claim:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
-        return await super().claim(command_id, fresh=fresh)
+        return await super().claim(command_id, fresh=fresh, unsent_token=unsent_token)
 
-    async def record(self, command_id: str, token: str, event: bytes) -> None:
+    async def record(
+        self, command_id: str, token: str, event: bytes, *, replace: bool = False
+    ) -> bytes:
         raise self.record_error
 
 
