@@ -127,13 +127,21 @@ class ClusterClient(RedisCluster):
     """
 
     async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except Exception as error:
-            meant = cluster_failure(error)
-            if meant is None:
-                raise
-            raise meant from error
+        closed_under = 0
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except Exception as error:
+                meant = cluster_failure(error)
+                if meant is None:
+                    raise
+                # A connection closed under the call: tried again with the same arguments, as
+                # redis-py tries a ConnectionError (a claim whose answer was lost then finds
+                # its own lease, instead of waiting the lease out under a new token).
+                closed_under += type(meant) is ConnectionError
+                if type(meant) is ConnectionError and closed_under <= RETRIES:
+                    continue
+                raise meant from error
 
 
 def _retry() -> Retry:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ast
 import inspect
+from typing import Any
 
 import pytest
 import redis.asyncio.cluster
 from redis._parsers.base import BaseParser
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
@@ -44,7 +46,13 @@ from service.jobs import JobFollower
 from service.metrics import Metrics
 from service.outages import REDIS, REDIS_UNAVAILABLE, Outages
 from service.pipeline import DeliveryPolicy, Pipeline
-from service.redis_connection import TOPOLOGY_UNAVAILABLE, ClusterUnavailable, cluster_failure
+from service.redis_connection import (
+    RETRIES,
+    TOPOLOGY_UNAVAILABLE,
+    ClusterClient,
+    ClusterUnavailable,
+    cluster_failure,
+)
 from tests.fakes import FakeApi, FakePublisher
 
 CANNOT_ANSWER_NOW: list[Exception] = [
@@ -273,3 +281,57 @@ async def test_a_script_error_crashes_the_command_back_to_its_queue() -> None:
     assert gauge == [], "not waited on"
     assert api.requests == []
     assert publisher.published == []
+
+
+class AnswerLostOnce(MemoryOutcomes):
+    """The first claim takes effect in the store, and its answer is lost on the way back."""
+
+    def __init__(self) -> None:
+        super().__init__(ttl=60, lease=2)
+        self.answers: list[str] = []
+
+    async def claim(
+        self, command_id: str, *, fresh: bool = False, unsent_token: str | None = None
+    ) -> Claim:
+        claim = await super().claim(command_id, fresh=fresh, unsent_token=unsent_token)
+        self.answers.append(type(claim).__name__)
+        if len(self.answers) == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return claim
+
+
+async def test_a_claim_whose_answer_was_lost_finds_its_own_lease_when_tried_again() -> None:
+    """Not another holder's lease to wait out (the whole lease time) before working on it."""
+    api, publisher = FakeApi(CREATED), FakePublisher()
+    outcomes = AnswerLostOnce()
+    pipeline, gauge = waiting(outcomes, api, publisher)
+    await pipeline.handle(SPEC, command())
+    assert outcomes.answers == ["Leased", "Leased"]
+    assert gauge == [1.0]
+    assert [event["type"] for event in publisher.published] == ["workspace.created"]
+
+
+async def test_a_call_whose_connection_was_closed_under_it_is_tried_again_with_its_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As redis-py tries a ConnectionError: the same arguments (a script's token), RETRIES more
+    times; then the caller gets the ConnectionError."""
+    calls: list[tuple[Any, ...]] = []
+    closes = [True, True, False]
+
+    async def cluster_call(self: RedisCluster, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if closes.pop(0):
+            await Connection()._send_packed_command([b"*1\r\n$4\r\nPING\r\n"])
+        return b"answer"
+
+    monkeypatch.setattr(RedisCluster, "execute_command", cluster_call)
+    client = ClusterClient(host="127.0.0.1", port=7000)  # connects on first use only: never
+    assert await client.execute_command("EVALSHA", "sha", 1, "key", "token") == b"answer"
+    assert calls == [("EVALSHA", "sha", 1, "key", "token")] * 3
+
+    calls.clear()
+    closes[:] = [True] * (RETRIES + 1)
+    with pytest.raises(RedisConnectionError):
+        await client.execute_command("EVALSHA", "sha", 1, "key", "token")
+    assert len(calls) == RETRIES + 1
