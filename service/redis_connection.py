@@ -20,7 +20,8 @@ A cluster that cannot serve a slot now fails its callers with errors of their ow
 - a connection that redis-py's cluster client closed under a caller's feet (it drops every
   connection on CLUSTERDOWN, and a node's idle ones on a connection error) fails that caller's
   write with an AttributeError or RuntimeError from the transport, not a ConnectionError
-  (redis-py issue 4287, fixed after 8.1): a ConnectionError it becomes.
+  (redis-py issue 4287, fixed after 8.1): the call is tried again with the same arguments, as
+  redis-py tries a ConnectionError, and a ConnectionError it becomes after those tries.
 
 What a failing Redis costs a caller is redis-py's configuration, not code of ours:
 
