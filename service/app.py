@@ -251,7 +251,7 @@ class Worker:
             try:
                 async with asyncio.timeout(1.0):
                     checks["redis"] = await self.redis.ping()
-            except (OSError, RedisError, TimeoutError):
+            except (*REDIS_UNAVAILABLE, RedisError, OSError):
                 checks["redis"] = False
             if checks["redis"]:
                 self.outages.redis_answered()

@@ -13,16 +13,37 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.metrics import Metrics
+from service.redis_connection import ClusterUnavailable
 
 log = structlog.get_logger("itwin_worker.outages")
 
-REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
-"""What a Redis that does not answer raises through redis-py (a script error is a bug, not an
-outage, and is not among them)."""
+REDIS_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    TryAgainError,
+    SlotNotCoveredError,
+    ClusterUnavailable,
+)
+"""Every way redis-py 8.1 says "Redis cannot answer now", in every mode; every caller of Redis
+catches exactly these (docs/redis.md has the table, tests/unit/test_redis_errors.py the tree).
+
+- ConnectionError: refused, reset, closed, LOADING, a failed AUTH, a full pool, Sentinel naming
+  no master; TimeoutError: no answer within `REDIS_TIMEOUT_SECONDS`;
+- ClusterError: CLUSTERDOWN and MASTERDOWN (its subclasses), and "TTL exhausted" (a call
+  redirected or told TRYAGAIN 16 times over);
+- TryAgainError: a slot being moved (redis-py tries again itself; this is what it would raise);
+- SlotNotCoveredError: no node serves the key's slot in redis-py's view;
+- ClusterUnavailable: the layout could not be learnt (`service/redis_connection.py`).
+
+Not among them, so a crash bounded by the delivery limit: a script error, a wrong key type, any
+other answer of Redis to a call it received (ResponseError: READONLY, OOM, NOPERM, CROSSSLOT),
+a value redis-py cannot encode (DataError), and a call redis-py cannot route."""
 
 REDIS = "redis"
 
@@ -38,8 +59,10 @@ class DependencyDown(Exception):
 class Outages:
     """Where the pipeline waits: Redis's own up/down view, and a wait per breaker by name.
 
-    Redis is marked down by the first caller that meets it unreachable and up by the first
-    PING that answers; each change is logged once and shown in the `dependency_down` gauge.
+    Redis is marked down by the first caller that meets it unable to answer (`REDIS_UNAVAILABLE`)
+    and up by the first health check that passes (`RedisConnection.ping`: PING, or in a Cluster
+    `cluster_state:ok` on every primary); each change is logged once and shown in the
+    `dependency_down` gauge.
     """
 
     def __init__(

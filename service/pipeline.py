@@ -341,10 +341,13 @@ class Pipeline:
         if delivery.id_made_up:
             return None
         command_id = delivery.message_id or ""
+        # One token for every try: a claim that ran but whose answer was lost (Redis went away
+        # mid-call) is then found again as ours, not waited out as another holder's lease.
+        token = unsent_token or uuid.uuid4().hex
         while True:
             try:
                 claim = await claim_when_free(
-                    self._outcomes, command_id, fresh=delivery.replay, unsent_token=unsent_token
+                    self._outcomes, command_id, fresh=delivery.replay, unsent_token=token
                 )
             except REDIS_UNAVAILABLE:
                 await self._outages.wait_for_redis()

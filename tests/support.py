@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from service.app import Worker
@@ -122,8 +125,21 @@ class RedisServer:
                 finally:
                     await client.aclose()
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): its sockets stay open, nothing answers."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Die at once (SIGKILL), as on a crash: no last write, no goodbye to the cluster."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.resume()  # a paused server handles its SIGTERM only once it runs again
             self.process.terminate()
             try:
                 self.process.wait(10)
@@ -182,29 +198,35 @@ class RedisServers:
         await server.ready()
         return server
 
-    async def cluster(self, primaries: int = 3) -> list[RedisServer]:
-        """A Redis Cluster of `primaries` nodes without replicas, every slot served."""
-        options = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-        nodes = [
-            await self.server(*options, port=free_port(with_bus=True)) for _ in range(primaries)
-        ]
+    async def cluster(
+        self,
+        primaries: int = 3,
+        *,
+        replicas: int = 0,
+        node_timeout_ms: int = 2000,
+        ports: Sequence[int] = (),
+    ) -> list[RedisServer]:
+        """A Redis Cluster of `primaries` nodes with `replicas` replicas each, every slot
+        served; the primaries first in the list. `ports` (from `free_port(with_bus=True)`)
+        when the test named the nodes' addresses before they existed."""
+        options = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
+        count = primaries * (1 + replicas)
+        ports = list(ports) or [free_port(with_bus=True) for _ in range(count)]
+        nodes = [await self.server(*options, port=port) for port in ports[:count]]
         create = await asyncio.create_subprocess_exec(
             "redis-cli", "--cluster", "create", *(node.address for node in nodes),
-            "--cluster-replicas", "0", "--cluster-yes",
+            "--cluster-replicas", str(replicas), "--cluster-yes",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         output, _ = await create.communicate()
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{output.decode()}")
-        for node in nodes:
-            client = node.client()
-            try:
-                async with asyncio.timeout(20):
-                    # Every node must know every slot's owner before a client asks it.
-                    while (await _cluster_info(client)).get("cluster_state") != "ok":
-                        await asyncio.sleep(0.1)
-            finally:
-                await client.aclose()
+        async with asyncio.timeout(30):
+            for node in nodes:
+                # Every node must know every slot's owner before a client asks it, and a
+                # replica must be in sync before its primary may fail.
+                while not await _cluster_node_ready(node):
+                    await asyncio.sleep(0.1)
         return nodes
 
     def stop(self) -> None:
@@ -212,11 +234,43 @@ class RedisServers:
             server.stop()
 
 
-async def _cluster_info(client: Redis) -> dict[str, str]:
-    info: dict[str, str] = await client.execute_command(  # type: ignore[no-untyped-call]
-        "CLUSTER INFO"
-    )
-    return info
+async def _cluster_node_ready(node: RedisServer) -> bool:
+    client = node.client()
+    try:
+        info: dict[str, str] = await client.execute_command(  # type: ignore[no-untyped-call]
+            "CLUSTER INFO"
+        )
+        replication = await client.info("replication")
+    finally:
+        await client.aclose()
+    in_sync = replication["role"] == "master" or replication["master_link_status"] == "up"
+    return info.get("cluster_state") == "ok" and in_sync
+
+
+async def cluster_primary_of(nodes: Sequence[RedisServer], key: str) -> RedisServer:
+    """The node serving `key`'s hash slot now, as the cluster's nodes agree."""
+    slot = key_slot(key.encode())
+    client = nodes[0].client()
+    try:
+        ranges = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+    finally:
+        await client.aclose()
+    [port] = [int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1])]
+    [node] = [node for node in nodes if node.port == port]
+    return node
+
+
+async def cluster_replica_of(nodes: Sequence[RedisServer], primary: RedisServer) -> RedisServer:
+    """The replica that follows `primary`."""
+    for node in nodes:
+        client = node.client()
+        try:
+            replication = await client.info("replication")
+        finally:
+            await client.aclose()
+        if replication["role"] == "slave" and int(replication["master_port"]) == primary.port:
+            return node
+    raise LookupError(f"no replica follows {primary.address}")
 
 
 def worker_settings(amqp_url: str, simulator: SimulatorHandle, **overrides: Any) -> Settings:
@@ -282,6 +336,33 @@ class WorkerProcess:
 
     def log(self) -> str:
         return Path(self.log_path).read_text(errors="replace")
+
+    @property
+    def http_port(self) -> int:
+        """The port of `/readyz` and `/metrics` (the worker logs it once consuming; JSON logs)."""
+        for line in self.log().splitlines():
+            if line.startswith("{") and (entry := json.loads(line)).get("event") == (
+                "worker consuming"
+            ):
+                return int(entry["http_port"])
+        raise LookupError("the worker has not said where it listens")
+
+    async def readiness(self) -> tuple[int, dict[str, bool]]:
+        """`/readyz`: the status code and the checks."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.get(f"http://127.0.0.1:{self.http_port}/readyz")
+        assert answer.status_code in (200, 503), f"/readyz: {answer.status_code} {answer.text}"
+        return answer.status_code, answer.json()["checks"]
+
+    async def metric(self, name: str, labels: Mapping[str, str]) -> float | None:
+        """One sample of `/metrics`, None when absent."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            page = (await client.get(f"http://127.0.0.1:{self.http_port}/metrics")).text
+        for family in text_string_to_metric_families(page):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == dict(labels):
+                    return float(sample.value)
+        return None
 
     async def ready(self, within: float = 20.0) -> None:
         async with asyncio.timeout(within):
