@@ -6,6 +6,14 @@ graph around them. Each command queue gets the same small consumer, which hands 
 the pipeline; FastStream acks it when the handler returns and nacks it when it raises
 (`AckPolicy.NACK_ON_ERROR`; a cancelled handler at shutdown settles nothing, so the broker
 redelivers).
+
+Two connections to the broker: the consumers' (`broker`), and the publishing one
+(`publishing`) for every event, reply, delay and dead letter. The broker answers one bad
+publish by closing its channel, and on RabbitMQ 3.10 a `reply_to` it cannot decode closes the
+whole connection; on a shared one, every unacked delivery would go back to its queue each time
+(`service.publisher` makes such a refusal that one command's failure). RabbitMQ also advises
+separate connections for publishing and consuming: flow control blocks a publishing
+connection, and acks must not wait behind it.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from service.commands import COMMANDS, UNKNOWN_COMMAND_EVENT, CommandSpec
 from service.delivery import delivery_from
 from service.http_client import http_client
 from service.idempotency import MemoryOutcomes, OutcomeStore, RedisOutcomes
+from service.job_kinds import JOB_KINDS
 from service.jobs import FOLLOW_FAILED_EVENT, JOB_EVENTS, JobFollower, PollPublisher
 from service.limiter import Limiter, LocalLimiter, RedisLimiter, buckets_for
+from service.limits import Limits
 from service.metrics import Metrics
 from service.outages import REDIS_UNAVAILABLE, DependencyDown, Outages
 from service.pipeline import Api, DeliveryPolicy, Pipeline, Publisher
@@ -107,10 +117,18 @@ class Worker:
             logger=None,
             apply_types=False,
         )
+        # A publishing connection reconnects sooner: publishes wait for it (`service.publisher`).
+        self.publishing = RabbitBroker(
+            settings.amqp_url, reconnect_interval=1.0, logger=None, apply_types=False
+        )
         # Consumer spans (continuing a command's traceparent) and the trace context on every
         # publish; on a broker handed in too, so its publishes carry the same headers.
         for middleware in self.tracing.middlewares(_span_names(self.topology)):
             self.broker.add_middleware(middleware)
+            self.publishing.add_middleware(middleware)
+        self.limits = Limits(
+            settings.max_command_bytes, settings.max_response_bytes, settings.max_event_bytes
+        )
         # One client for the API and the token endpoint: the same proxies, trust and pool.
         self.http = http or http_client(
             timeout=httpx.Timeout(
@@ -153,8 +171,14 @@ class Worker:
             metrics=self.metrics,
             tracing=self.tracing,
             breaker=self.api_breaker,
+            max_response_bytes=self.limits.response_bytes,
         )
-        self.publisher = publisher or BrokerPublisher(self.broker, self.topology)
+        self.publisher = publisher or BrokerPublisher(
+            self.publishing,
+            self.topology,
+            max_event_bytes=self.limits.event_bytes,
+            failure_types=_failure_types(),
+        )
         self.outcomes = outcomes or self._outcomes()
         self.follower = JobFollower(
             self.api,
@@ -163,6 +187,7 @@ class Worker:
             settings.job_poll_schedule,
             tracing=self.tracing,
             metrics=self.metrics,
+            max_event_bytes=self.limits.event_bytes,
         )
         self.pipeline = Pipeline(
             self.api,
@@ -177,6 +202,7 @@ class Worker:
                 crash_backoff_max=settings.retry_max_seconds,
             ),
             outages=self.outages,
+            limits=self.limits,
         )
         self.probes = Probes(self.metrics, self.readiness)
         self._consuming = False
@@ -244,7 +270,9 @@ class Worker:
     async def readiness(self) -> dict[str, bool]:
         checks = {
             "consuming": self._consuming,
-            "broker": self._consuming and await self.broker.ping(timeout=1.0),
+            "broker": self._consuming
+            and await self.broker.ping(timeout=1.0)
+            and await self.publishing.ping(timeout=1.0),
         }
         checks["consumers"] = checks["broker"] and await self._every_consumer_consumes()
         if self.redis is not None:
@@ -294,7 +322,9 @@ class Worker:
         await self.probes.start(self.settings.http_host, self.settings.http_port)
         try:
             await self.broker.connect()
+            await self.publishing.connect()
         except BaseException:
+            await self.broker.stop()
             await self.probes.stop()
             raise
         topology = self.topology
@@ -331,12 +361,27 @@ class Worker:
         # is recorded for the next delivery if it comes in time.
         await self.pipeline.detached.finish(within=DETACHED_GRACE_SECONDS)
         await self.pipeline.close()
+        # After the consumers and the detached commands: they publish until the last is done.
+        await self.publishing.stop()
         await self.probes.stop()
         await self.http.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await asyncio.to_thread(self.tracing.shutdown)
         log.info("worker stopped")
+
+
+def _failure_types() -> dict[str, str]:
+    """The failure event that stands in for each event the broker refuses: a command's own,
+    or its job kind's `<...>.follow.failed` for a followed job's."""
+    types: dict[str, str] = {}
+    for kind in JOB_KINDS.values():
+        for event in (kind.progress_event, *kind.terminal_events.values()):
+            types[event] = kind.follow_failed_event
+    for spec in COMMANDS:
+        if spec.success_event:
+            types[spec.success_event] = spec.failure_event
+    return types
 
 
 def _span_names(topology: Topology) -> set[str]:
