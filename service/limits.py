@@ -27,7 +27,7 @@ MAX_DETAILS = 16
 MIN_EVENT_BYTES = 64 * KIB
 """The smallest event bound allowed: the largest failure event, made of the texts above at
 their longest (each character escaped by JSON, 6 bytes) and AMQP short strings for the ids
-(255 bytes each), is about 50 KiB (tests/unit/test_limits.py builds it)."""
+(255 bytes each), is about 57 KiB (tests/unit/test_limits.py builds it)."""
 CUT_MARK = "…"
 MAX_TOKEN_ANSWER_BYTES = 64 * KIB
 """The token endpoint's answer: a JWT with its claims is a few KiB."""

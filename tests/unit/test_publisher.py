@@ -1,0 +1,110 @@
+"""The publisher's judgement of a failed publish, on a fake broker: a channel closed by another
+message is waited for and the publish sent again; a message refused twice is this command's
+failure (its event replaced by an `EventRefused` failure with the same id, its reply copy
+dropped); no event over MAX_EVENT_BYTES ever leaves."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed
+from faststream.rabbit import RabbitBroker
+
+from service.events import EncodedEvent, success
+from service.publisher import BrokerPublisher
+from service.settings import load_settings
+from service.topology import Topology
+
+REFUSAL = ChannelPreconditionFailed("PRECONDITION_FAILED - message size 70000 is larger")
+
+
+class FakeBroker:
+    """Fails the publishes to a routing key with the exceptions queued for it, in turn."""
+
+    def __init__(self, failures: dict[str, list[Exception]] | None = None) -> None:
+        self.failures = failures or {}
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.tries = 0
+
+    async def publish(self, body: bytes, routing_key: str = "", **options: Any) -> None:
+        self.tries += 1
+        queue = self.failures.get(routing_key, [])
+        if queue:
+            raise queue.pop(0)
+        self.sent.append((routing_key, json.loads(body)))
+
+
+def publisher(broker: FakeBroker, **options: Any) -> BrokerPublisher:
+    topology = Topology.from_settings(load_settings(client_id="id", client_secret="secret"))
+    return BrokerPublisher(
+        cast(RabbitBroker, broker),
+        topology,
+        failure_types={"workspace.created": "workspace.create.failed"},
+        **options,
+    )
+
+
+def created(name: str = "w") -> EncodedEvent:
+    event = success(
+        "workspace.created",
+        command_id="c1",
+        correlation_id="c1",
+        result={"id": "w1", "name": name},
+        attempts=1,
+        now=datetime.now(UTC),
+    )
+    return EncodedEvent.of(event)
+
+
+async def test_a_publish_caught_in_another_messages_refusal_is_sent_again() -> None:
+    broker = FakeBroker({"workspace.created": [REFUSAL]})
+    event = created()
+    await publisher(broker).publish(event, None)
+    assert broker.sent == [("workspace.created", json.loads(event.body))]
+
+
+async def test_a_channel_still_closed_is_waited_for() -> None:
+    closed = ChannelInvalidStateError("closed")
+    broker = FakeBroker({"workspace.created": [closed, closed, closed]})
+    await publisher(broker).publish(created(), None)
+    assert [key for key, _ in broker.sent] == ["workspace.created"]
+
+
+async def test_a_channel_that_stays_closed_fails_the_publish() -> None:
+    broker = FakeBroker({"workspace.created": [ChannelInvalidStateError("closed")] * 100})
+    with pytest.raises(ChannelInvalidStateError):
+        await publisher(broker, reopen_wait=0.2).publish(created(), None)
+    assert broker.sent == []
+
+
+async def test_an_event_refused_twice_is_replaced_by_a_failure_with_its_id() -> None:
+    broker = FakeBroker({"workspace.created": [REFUSAL, REFUSAL]})
+    event = created()
+    await publisher(broker).publish(event, None)
+    [(key, document)] = broker.sent
+    assert key == "workspace.create.failed"
+    assert document["eventId"] == event.event_id
+    assert document["type"] == "workspace.create.failed"
+    assert document["error"]["code"] == "EventRefused"
+    assert "PRECONDITION_FAILED" in document["error"]["message"]
+
+
+async def test_a_refused_reply_copy_is_dropped_the_event_stays() -> None:
+    reply_to = "amq.rabbitmq.reply-to.crafted"
+    broker = FakeBroker({reply_to: [REFUSAL, REFUSAL]})
+    await publisher(broker).publish(created(), reply_to)
+    assert [key for key, _ in broker.sent] == ["workspace.created"]
+
+
+async def test_an_event_over_max_event_bytes_never_leaves() -> None:
+    broker = FakeBroker()
+    event = created(name="n" * 70_000)
+    await publisher(broker, max_event_bytes=65536).publish(event, None)
+    [(key, document)] = broker.sent
+    assert key == "workspace.create.failed"
+    assert document["error"]["code"] == "EventRefused"
+    assert "MAX_EVENT_BYTES (65536 bytes)" in document["error"]["message"]
+    assert broker.tries == 1
