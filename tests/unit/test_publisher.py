@@ -5,6 +5,7 @@ dropped); no event over MAX_EVENT_BYTES ever leaves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,19 +23,33 @@ REFUSAL = ChannelPreconditionFailed("PRECONDITION_FAILED - message size 70000 is
 
 
 class FakeBroker:
-    """Fails the publishes to a routing key with the exceptions queued for it, in turn."""
+    """Fails the publishes to a routing key with the exceptions queued for it, in turn; notes
+    which publishes were in flight together."""
 
     def __init__(self, failures: dict[str, list[Exception]] | None = None) -> None:
         self.failures = failures or {}
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.tries = 0
+        self.in_flight: dict[str, set[str]] = {}
+        self.attempts: list[tuple[str, set[str]]] = []
+        """Each publish sent: its event id, and the others in flight with it."""
 
     async def publish(self, body: bytes, routing_key: str = "", **options: Any) -> None:
         self.tries += 1
-        queue = self.failures.get(routing_key, [])
-        if queue:
-            raise queue.pop(0)
-        self.sent.append((routing_key, json.loads(body)))
+        name = json.loads(body)["eventId"]
+        alongside = set(self.in_flight)
+        for others in self.in_flight.values():
+            others.add(name)
+        self.in_flight[name] = alongside
+        self.attempts.append((name, alongside))
+        try:
+            await asyncio.sleep(0.01)  # waiting for the confirm
+            queue = self.failures.get(routing_key, [])
+            if queue:
+                raise queue.pop(0)
+            self.sent.append((routing_key, json.loads(body)))
+        finally:
+            del self.in_flight[name]
 
 
 def publisher(broker: FakeBroker, **options: Any) -> BrokerPublisher:
@@ -108,3 +123,16 @@ async def test_an_event_over_max_event_bytes_never_leaves() -> None:
     assert document["error"]["code"] == "EventRefused"
     assert "MAX_EVENT_BYTES (65536 bytes)" in document["error"]["message"]
     assert broker.tries == 1
+
+
+async def test_a_publish_sent_again_goes_alone() -> None:
+    broker = FakeBroker({"workspace.created": [REFUSAL]})
+    events = [created(f"w{i}") for i in range(6)]
+    one = publisher(broker)
+    await asyncio.gather(*(one.publish(event, None) for event in events))
+    assert len(broker.sent) == 6
+    names = [name for name, _ in broker.attempts]
+    [again] = [name for name in set(names) if names.count(name) == 2]
+    first, second = [others for name, others in broker.attempts if name == again]
+    assert first, "its first try went with the others"
+    assert second == set(), "sent again alone"
