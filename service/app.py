@@ -25,11 +25,11 @@ from typing import Any, Protocol
 import aiormq
 import httpx
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 from faststream import AckPolicy
 from faststream.message import StreamMessage
-from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitMessage, RabbitQueue
+from faststream.rabbit import Channel, RabbitBroker, RabbitExchange, RabbitQueue
 from redis.exceptions import RedisError
 
 from service.api import ApiClient, RetryPolicy
@@ -78,11 +78,16 @@ def credentials_from(settings: Settings) -> ClientCredentials:
     )
 
 
-async def _whole_message(message: StreamMessage[Any]) -> StreamMessage[Any]:
-    """Hand the handler the message itself, not a decoded body: the pipeline reads the bytes
+async def _whole_message(message: StreamMessage[Any]) -> AbstractIncomingMessage:
+    """Hand the handler the broker's message, not a decoded body: the pipeline reads the bytes
     as sent (bad JSON is its `InvalidCommand`, not a decoder's crash) and the properties. With
-    dependency injection off (`apply_types=False`) the handler gets this one value."""
-    return message
+    dependency injection off (`apply_types=False`) the handler gets this one value.
+
+    aio-pika's message, not FastStream's: FastStream keeps what the decoder returns in the
+    message, and the message holding itself is a reference cycle, which kept each delivery's
+    body in memory until the garbage collector ran (300 one-megabyte commands: 400 MiB)."""
+    raw: AbstractIncomingMessage = message.raw_message
+    return raw
 
 
 class EventPublisher(Publisher, PollPublisher, Protocol):
@@ -406,12 +411,12 @@ def _span_names(topology: Topology) -> set[str]:
 
 def _poller(
     follower: JobFollower, topology: Topology, outages: Outages
-) -> Callable[[RabbitMessage], Awaitable[None]]:
-    async def poll(message: RabbitMessage) -> None:
+) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    async def poll(message: AbstractIncomingMessage) -> None:
         # The worker schedules its polls through the retry exchange only; anything else in the
         # poll queue was put there by someone else (a forged poll could follow any job, or stop
         # another command's following by taking its next poll id).
-        exchange = message.raw_message.exchange or ""
+        exchange = message.exchange or ""
         if exchange != topology.retry.name:
             log.warning(
                 "dropping a poll that did not come through the retry exchange",
@@ -434,10 +439,10 @@ def _poller(
 
 def _consumer(
     pipeline: Pipeline, spec: CommandSpec | None, queue: str, trust: Trust
-) -> Callable[[RabbitMessage], Awaitable[None]]:
+) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     routing_key = spec.routing_key if spec else None
 
-    async def consume(message: RabbitMessage) -> None:
+    async def consume(message: AbstractIncomingMessage) -> None:
         await pipeline.handle(spec, delivery_from(message, queue, trust, routing_key))
 
     consume.__name__ = f"consume_{spec.routing_key if spec else 'unrouted'}".replace(".", "_")

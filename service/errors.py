@@ -76,6 +76,16 @@ class WorkerError(Exception):
         self.attempts = 0
         """HTTP attempts made before this error; filled in by the API client."""
 
+    def settled(self) -> WorkerError:
+        """This error as a command's outcome, data from now on: without its traceback and the
+        exceptions it chained. Their frames hold the command's body and the API's answer, and
+        a caller's frame holds the error: a reference cycle, which only the garbage collector
+        would free, long after (a flood of 1 MB commands kept hundreds of them in memory)."""
+        self.__traceback__ = None
+        self.__context__ = None
+        self.__cause__ = None
+        return self
+
 
 def _bounded(detail: Mapping[str, Any]) -> dict[str, Any]:
     target = detail.get("target")

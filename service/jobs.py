@@ -374,6 +374,7 @@ class JobFollower:
         return EncodedEvent.of(event).body.decode()
 
     def _failure(self, kind: JobKind, poll: Poll, error: WorkerError) -> str:
+        error = error.settled()
         event = failure(
             kind.follow_failed_event,
             command_id=poll.command_id,

@@ -630,6 +630,7 @@ class Pipeline:
         return Settled.of(outcome)
 
     def _failed(self, spec: CommandSpec | None, delivery: Delivery, error: WorkerError) -> Outcome:
+        error = error.settled()
         command_id = delivery.message_id or ""
         event = failure(
             failure_event_type(spec, delivery.routing_key),

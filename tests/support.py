@@ -430,7 +430,8 @@ class RabbitNode:
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
-    def _ctl(self, *args: str, timeout: float = 30) -> str:
+    def ctl(self, *args: str, timeout: float = 30) -> str:
+        """`rabbitmqctl -n <this node> -q ARGS`; its output, or CalledProcessError."""
         done = subprocess.run(
             ["rabbitmqctl", "-n", self.name, "-q", *args],
             check=True, capture_output=True, text=True, timeout=timeout,
@@ -462,14 +463,14 @@ class RabbitNode:
         async with asyncio.timeout(within):
             while True:
                 try:
-                    await asyncio.to_thread(self._ctl, "await_startup", timeout=10)
+                    await asyncio.to_thread(self.ctl, "await_startup", timeout=10)
                     return
                 except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
                     await asyncio.sleep(0.5)
 
     def stop(self) -> None:
         try:
-            self._ctl("stop", timeout=60)
+            self.ctl("stop", timeout=60)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             pid = (self.directory / "pid").read_text().strip()
             if pid.isdigit():

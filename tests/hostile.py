@@ -1,4 +1,5 @@
-"""A stand-in for the iTwin API that answers what no honest API gives, over a real socket.
+"""A stand-in for the iTwin API that answers what no honest API gives, over a real socket; and
+the commands of a producer that sends what no schema allows (`outsized_commands`).
 
 `workspace.create` commands choose their answer by the workspace `name`, `workspace.get`
 commands by the `workspaceId`; any other name or id gets an ordinary answer:
@@ -13,8 +14,9 @@ commands by the `workspaceId`; any other name or id gets an ordinary answer:
 | `redirect` | 307 to the same path on another host (`elsewhere`) |
 | `hang` | no answer ever |
 | `trickle` | 201, then one byte of body every 0.2 s |
-| `refusal` | 422 with an error object of a megabyte and 10 000 details |
+| `refusal` | 422 with an error object of 3.5 MB: a megabyte of message, 10 000 details |
 | `gateway-*` (an id) | the first GET a 502 HTML page, then 200 |
+| `size-<n>` (an id) | 200 after `answer_delay` seconds, a valid workspace of exactly n bytes |
 
 It also serves the token endpoint (any client). Every API request is counted, by method and
 name or id, and the bytes of body it was sent; `elsewhere` counts what reached the other host.
@@ -41,7 +43,8 @@ class Server:
     """An aiohttp application on a loopback address, port chosen by the system."""
 
     def __init__(self, app: web.Application, host: str) -> None:
-        self._runner = web.AppRunner(app)
+        # Short: a `hang` handler never ends on its own, shutting down cancels it.
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         self.host = host
         self.port = 0
 
@@ -51,8 +54,7 @@ class Server:
 
     async def start(self) -> None:
         await self._runner.setup()
-        # Short: a `hang` handler never ends on its own, shutting down cancels it.
-        site = web.TCPSite(self._runner, self.host, 0, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -65,6 +67,7 @@ class HostileApi:
 
     def __init__(self, *, result_bytes: int = 2 * 1024 * 1024) -> None:
         self.result_bytes = result_bytes
+        self.answer_delay = 0.0
         self.requests: Counter[tuple[str, str]] = Counter()
         """API requests by (method, name or id)."""
         self.sent: Counter[str] = Counter()
@@ -158,6 +161,9 @@ class HostileApi:
         self.requests["GET", workspace_id] += 1
         if workspace_id == "endless":
             return await self._stream(request, workspace_id, 200)
+        if workspace_id.startswith("size-"):
+            await asyncio.sleep(self.answer_delay)
+            return _sized(workspace_id, int(workspace_id.removeprefix("size-")))
         if workspace_id.startswith("gateway-") and workspace_id not in self._gateway_failed:
             self._gateway_failed.add(workspace_id)
             return web.Response(body=HTML, status=502, content_type="text/html")
@@ -191,7 +197,7 @@ class HostileApi:
 
 
 def _refusal() -> dict[str, Any]:
-    detail = {"code": "InvalidValue", "message": "m" * 1000, "target": "t" * 1000}
+    detail = {"code": "InvalidValue", "message": "m" * 100, "target": "t" * 100}
     return {
         "error": {
             "code": "InvalidWorkspace",
@@ -200,3 +206,27 @@ def _refusal() -> dict[str, Any]:
             "details": [detail] * 10_000,
         }
     }
+
+
+def _sized(workspace_id: str, size: int) -> web.Response:
+    empty = json.dumps({"workspace": {"id": workspace_id, "description": ""}}).encode()
+    padding = b"d" * (size - len(empty))
+    body = empty.replace(b'"description": ""', b'"description": "' + padding + b'"')
+    return web.Response(body=body, content_type="application/json")
+
+
+def outsized_commands() -> dict[str, bytes]:
+    """`workspace.create` bodies no schema allows, by what they are (the issue's flood)."""
+    return {
+        "a 10 MB name": json.dumps({"name": "x" * 10_000_000}).encode(),
+        "100 000 nested arrays": b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "200 000 keys": json.dumps({f"k{i}": 0 for i in range(200_000)}).encode(),
+        "50 000 unknown keys": json.dumps(
+            {"name": "w", **dict.fromkeys(map(str, range(50_000)), 0)}
+        ).encode(),
+        "bad UTF-8": b'{"name": "\xff\xfe"}',
+    }
+
+
+MEGABYTE_COMMAND = b'{"name": "w", "pad": "' + b"x" * 999_976 + b'"}'
+"""One megabyte (10^6 bytes) of invalid command: the issue's flood sends 300."""
