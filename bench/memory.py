@@ -16,9 +16,10 @@ Each scenario runs on a fresh worker process with the worker's own limits (MAX_C
   ~1 MiB): each parsed, sent, its answer (which echoes the name) read, too large for an event.
 - `huge-answer`: a 201 announcing 300 MB, then 20 commands; latency: the slowest of the 20,
   from its publish to its event.
-- `max-answers`: `prefetch` `workspace.get` commands at once, each answered after 1 s with a
-  valid workspace of MAX_RESPONSE_BYTES - 1 bytes: every one read, parsed, too large for an
-  event. The worst case the bounds allow.
+- `max-answers`: `prefetch` `workspace.get` commands at once, each answered with a valid
+  workspace of MAX_RESPONSE_BYTES bytes whose last byte comes 2 s after the rest, so that all
+  are held at once; then each is parsed, too large for an event. The worst case the bounds
+  allow.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ async def huge_answer(
 async def max_answers(
     producer: Producer, api: HostileApi, prefetch: int
 ) -> tuple[float | None, int, int]:
-    api.answer_delay = 1.0  # all of them in flight together
-    size = Limits.response_bytes - 1
+    api.answer_delay = 2.0  # all of them held together
+    size = Limits.response_bytes
     ids = [
         await producer.publish(
             "workspace.get", json.dumps({"workspaceId": f"size-{size}"}).encode()

@@ -147,9 +147,11 @@ class ResultTooLarge(WorkerError):
 
 class EventRefused(WorkerError):
     """The broker refused the command's event itself (its size, or a channel error on that
-    one publish): this failure event stands in for it."""
+    one publish): this failure event stands in for it. Not dead-lettered on its own account:
+    a fault's dead letter went out before its event."""
 
     code = "EventRefused"
+    dead_letter = False
 
 
 class ApiError(WorkerError):

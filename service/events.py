@@ -22,7 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
 from service.errors import EventRefused, ResultTooLarge, WorkerError
-from service.limits import MAX_TARGET_CHARACTERS, clip
+from service.limits import (
+    MAX_CODE_CHARACTERS,
+    MAX_DETAIL_MESSAGE_CHARACTERS,
+    MAX_DETAILS,
+    MAX_MESSAGE_CHARACTERS,
+    MAX_TARGET_CHARACTERS,
+    clip,
+)
 
 
 class _Model(BaseModel):
@@ -32,17 +39,23 @@ class _Model(BaseModel):
 class ErrorDetail(_Model):
     """One specific problem: the API's detail object, or one bad field of a command."""
 
-    code: str
-    message: str
-    target: str | None = None
+    code: str = Field(max_length=MAX_CODE_CHARACTERS)
+    message: str = Field(max_length=MAX_DETAIL_MESSAGE_CHARACTERS)
+    target: str | None = Field(default=None, max_length=MAX_TARGET_CHARACTERS)
 
 
 class EventError(_Model):
     status: int | None = Field(description="The API's HTTP status; null if it was not reached.")
-    code: str
-    message: str
-    target: str | None = None
-    details: list[ErrorDetail] = []
+    code: str = Field(max_length=MAX_CODE_CHARACTERS)
+    message: str = Field(
+        max_length=MAX_MESSAGE_CHARACTERS,
+        description="Cut short (ending in …) when the API's or a validator's was longer; it says "
+        "how many details were not listed.",
+    )
+    target: str | None = Field(default=None, max_length=MAX_TARGET_CHARACTERS)
+    details: list[ErrorDetail] = Field(
+        default=[], max_length=MAX_DETAILS, description="The first details, when there are more."
+    )
     retriable: bool = Field(description="True when the same command may succeed later.")
 
 

@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     dead_letter_queue: str = "itwin-worker.dlq"
     """Commands the worker could not process, with headers saying why."""
     prefetch: PositiveInt = 32
-    """Commands one worker process handles at once (the channel's prefetch count)."""
+    """Commands one worker process takes from each queue at once (the prefetch count of each
+    consumer: RabbitMQ applies it per consumer). It sizes the memory: docs/running.md."""
     max_command_bytes: int = Field(default=Limits.command_bytes, ge=KIB)
     """A command body larger than this is refused unread (`InvalidCommand`). The broker
     delivers it whole all the same: its own `max_message_size` bounds that (docs/running.md)."""

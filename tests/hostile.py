@@ -16,7 +16,7 @@ commands by the `workspaceId`; any other name or id gets an ordinary answer:
 | `trickle` | 201, then one byte of body every 0.2 s |
 | `refusal` | 422 with an error object of 3.5 MB: a megabyte of message, 10 000 details |
 | `gateway-*` (an id) | the first GET a 502 HTML page, then 200 |
-| `size-<n>` (an id) | 200 after `answer_delay` seconds, a valid workspace of exactly n bytes |
+| `size-<n>` (an id) | 200, a workspace of n bytes, the last `answer_delay` s after the rest |
 
 It also serves the token endpoint (any client). Every API request is counted, by method and
 name or id, and the bytes of body it was sent; `elsewhere` counts what reached the other host.
@@ -162,12 +162,27 @@ class HostileApi:
         if workspace_id == "endless":
             return await self._stream(request, workspace_id, 200)
         if workspace_id.startswith("size-"):
-            await asyncio.sleep(self.answer_delay)
-            return _sized(workspace_id, int(workspace_id.removeprefix("size-")))
+            return await self._sized(request, workspace_id, int(workspace_id.removeprefix("size-")))
         if workspace_id.startswith("gateway-") and workspace_id not in self._gateway_failed:
             self._gateway_failed.add(workspace_id)
             return web.Response(body=HTML, status=502, content_type="text/html")
         return web.json_response({"workspace": {"id": workspace_id, "name": "w"}})
+
+    async def _sized(
+        self, request: web.Request, workspace_id: str, size: int
+    ) -> web.StreamResponse:
+        """A workspace of exactly `size` bytes; all but its last byte at once, so that answers
+        asked for together are all held by the client together."""
+        empty = json.dumps({"workspace": {"id": workspace_id, "description": ""}}).encode()
+        padding = b"d" * (size - len(empty))
+        body = empty.replace(b'"description": ""', b'"description": "' + padding + b'"')
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:-1])
+        await asyncio.sleep(self.answer_delay)
+        await response.write(body[-1:])
+        return response
 
     async def _stream(
         self,
@@ -206,13 +221,6 @@ def _refusal() -> dict[str, Any]:
             "details": [detail] * 10_000,
         }
     }
-
-
-def _sized(workspace_id: str, size: int) -> web.Response:
-    empty = json.dumps({"workspace": {"id": workspace_id, "description": ""}}).encode()
-    padding = b"d" * (size - len(empty))
-    body = empty.replace(b'"description": ""', b'"description": "' + padding + b'"')
-    return web.Response(body=body, content_type="application/json")
 
 
 def outsized_commands() -> dict[str, bytes]:
