@@ -19,6 +19,7 @@ from service.limits import (
     MIN_EVENT_BYTES,
     clip,
 )
+from service.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 AMQP_SHORT_STRING = 255
@@ -130,3 +131,12 @@ def test_a_refused_event_is_replaced_by_a_failure_with_the_same_id() -> None:
     assert document["error"]["code"] == "EventRefused"
     assert document["error"]["status"] is None
     assert document["error"]["message"] == "The broker refused it."
+
+
+def test_the_settings_defaults_are_the_contracts_and_the_event_bound_has_a_floor() -> None:
+    settings = load_settings(client_id="id", client_secret="secret")
+    assert (
+        settings.max_command_bytes, settings.max_response_bytes, settings.max_event_bytes,
+    ) == (1_048_576, 8_388_608, 1_048_576)  # fmt: skip
+    with pytest.raises(SettingsError, match="ITWIN_WORKER_MAX_EVENT_BYTES"):
+        load_settings(client_id="id", client_secret="secret", max_event_bytes=MIN_EVENT_BYTES - 1)
