@@ -1,6 +1,6 @@
-"""Helpers the tests and the benchmarks share: free ports, `rabbitmqctl`, Redis servers and
-RabbitMQ nodes a test starts for itself, the worker's settings and environment for a test,
-worker processes and their memory, queues drained to the end. Fixtures stay in the conftest
+"""Helpers the tests and the benchmarks share: free ports, `rabbitmqctl`, Redis servers a test
+starts for itself, the worker's settings and environment for a test, worker processes and their
+memory, queues drained to the end. Fixtures stay in the conftest
 files; everything else is here, in one module.
 
 Everything a run creates lives in its own vhost and under its own Redis prefix; every process a
@@ -13,13 +13,10 @@ import asyncio
 import bisect
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -413,69 +410,6 @@ def status_mib(pid: int, key: str) -> float:
         if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-class RabbitNode:
-    """A RabbitMQ node of a test's own, never the machine's broker: its own node name, ports,
-    data and configuration (`max_message_size = 131072`, say). Started detached (as root it
-    runs as the `rabbitmq` user, so its folder is that user's), stopped by its node name."""
-
-    def __init__(self, **config: object) -> None:
-        self.name = f"itwin-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="itwin-rabbit-"))
-        self._config = config
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def ctl(self, *args: str, timeout: float = 30) -> str:
-        """`rabbitmqctl -n <this node> -q ARGS`; its output, or CalledProcessError."""
-        done = subprocess.run(
-            ["rabbitmqctl", "-n", self.name, "-q", *args],
-            check=True, capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-        return done.stdout
-
-    async def start(self, within: float = 60.0) -> None:
-        lines = [f"listeners.tcp.local = 127.0.0.1:{self.port}"]
-        lines += [f"{key} = {value}" for key, value in self._config.items()]
-        (self.directory / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
-        # No plugins: the management plugin would want the machine broker's port 15672.
-        (self.directory / "enabled_plugins").write_text("[].\n")
-        shutil.chown(self.directory, "rabbitmq", "rabbitmq")
-        environment = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
-            "RABBITMQ_PID_FILE": str(self.directory / "pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
-        }
-        await asyncio.to_thread(
-            subprocess.run,
-            ["rabbitmq-server", "-detached"], env=environment, check=True, timeout=30,
-        )  # fmt: skip
-        async with asyncio.timeout(within):
-            while True:
-                try:
-                    await asyncio.to_thread(self.ctl, "await_startup", timeout=10)
-                    return
-                except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                    await asyncio.sleep(0.5)
-
-    def stop(self) -> None:
-        try:
-            self.ctl("stop", timeout=60)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pid = (self.directory / "pid").read_text().strip()
-            if pid.isdigit():
-                os.kill(int(pid), signal.SIGKILL)
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def max_in_window(times: Sequence[float], window: float) -> int:

@@ -23,8 +23,8 @@ import pytest
 from service.producer import Producer
 from service.settings import Settings
 from tests.hostile import MEGABYTE_COMMAND, HostileApi, outsized_commands
+from tests.rabbit_cluster import RabbitCluster
 from tests.support import (
-    RabbitNode,
     WorkerProcess,
     drain_queue,
     rabbitmqctl,
@@ -248,10 +248,10 @@ def crafted_reply_to() -> str:
     return f"amq.rabbitmq.reply-to.{suffix}.x"
 
 
-def consumer_channels(vhost: str, node: RabbitNode | None = None) -> set[str]:
-    """The channels the vhost's consumers are on (the machine's broker, or `node`)."""
+def consumer_channels(vhost: str, broker: RabbitCluster | None = None) -> set[str]:
+    """The channels the vhost's consumers are on (the machine's broker, or `broker`)."""
     arguments = ("list_consumers", "-p", vhost, "channel_pid")
-    listed = node.ctl(*arguments) if node is not None else rabbitmqctl(*arguments)
+    listed = broker.ctl(*arguments) if broker is not None else rabbitmqctl(*arguments)
     return {line.split("\t")[0] for line in listed.splitlines() if line.strip()}
 
 
@@ -308,22 +308,22 @@ async def drain_queue_until(
 
 
 @pytest.fixture
-async def small_broker() -> AsyncIterator[RabbitNode]:
+async def small_broker() -> AsyncIterator[RabbitCluster]:
     """A RabbitMQ node of this test's own that refuses messages over 128 KiB (the machine's
     broker takes 128 MiB, and others use it)."""
-    node = RabbitNode(max_message_size=128 * 1024)
+    broker = RabbitCluster(1, max_message_size=128 * 1024)
     try:
-        await node.start()
-        yield node
+        await asyncio.to_thread(broker.start)
+        yield broker
     finally:
-        node.stop()
+        await asyncio.to_thread(broker.stop)
 
 
 async def test_an_event_the_broker_refuses_becomes_a_failure_event_and_others_flow(
-    small_broker: RabbitNode, hostile: HostileApi, tmp_path: Path
+    small_broker: RabbitCluster, hostile: HostileApi, tmp_path: Path
 ) -> None:
     hostile.result_bytes = 300 * 1024  # under MAX_EVENT_BYTES, over the broker's limit
-    isolated = Isolated(small_broker.url, hostile, tmp_path)
+    isolated = Isolated(small_broker.url(), hostile, tmp_path)
     await isolated.worker.ready()
     try:
         before = consumer_channels("/", small_broker)
