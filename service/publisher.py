@@ -41,6 +41,7 @@ from aiormq.exceptions import (
     ConnectionNotImplemented,
     ConnectionSyntaxError,
     ConnectionUnexpectedFrame,
+    DeliveryError,
 )
 from faststream.rabbit import RabbitBroker, RabbitExchange
 
@@ -74,9 +75,12 @@ REFUSALS = (
     ConnectionInternalError,  # RabbitMQ 3.10 on a direct reply-to name it cannot decode
 )
 """How the broker answers a method it will not take: by closing the channel or connection."""
-NOT_SENT = (ChannelInvalidStateError, AMQPConnectionError)
-"""The channel was closed already, or the connection went away (a broker restart): nothing
-said about the message itself."""
+NOT_TAKEN = (ChannelInvalidStateError, AMQPConnectionError, DeliveryError)
+"""The channel was closed already, the connection went away (a broker restart), or the broker
+nacked the message (a quorum queue it routes to has no leader while a new one is elected, for
+a second or so after a node is lost): nothing said about the message itself, it is sent again
+until `reopen_wait` is spent. Treated as a crash, a nack sent the command back to its queue at
+once, and each redelivery met the same election: five in a second dead-lettered it."""
 FIRST_WAIT = 0.05
 """Seconds before trying again, doubled while the channel is still closed."""
 
@@ -182,12 +186,12 @@ class BrokerPublisher:
 
     async def _guarded(self, publish: Callable[..., Awaitable[None]], *arguments: Any) -> None:
         """`publish(*arguments)`; after a failure, again alone (see the module), waiting up to
-        `reopen_wait` for a closed channel or a lost connection to be back."""
+        `reopen_wait` for a closed channel, a lost connection or a queue's leader to be back."""
         try:
             async with self._gate.together():
                 await publish(*arguments)
             return
-        except (*REFUSALS, *NOT_SENT):
+        except (*REFUSALS, *NOT_TAKEN):
             pass
         waited, wait = 0.0, FIRST_WAIT
         while True:
@@ -200,7 +204,7 @@ class BrokerPublisher:
                     return
                 except REFUSALS as exc:
                     raise Refused(str(exc) or type(exc).__name__) from None
-                except NOT_SENT:
+                except NOT_TAKEN:
                     if waited >= self._reopen_wait:
                         raise
 

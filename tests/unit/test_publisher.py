@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed
+from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed, DeliveryError
 from faststream.rabbit import RabbitBroker
+from pamqp.commands import Basic
 
 from service.events import EncodedEvent, success
 from service.publisher import BrokerPublisher
@@ -86,6 +87,16 @@ async def test_a_channel_still_closed_is_waited_for() -> None:
     broker = FakeBroker({"workspace.created": [closed, closed, closed]})
     await publisher(broker).publish(created(), None)
     assert [key for key, _ in broker.sent] == ["workspace.created"]
+
+
+async def test_a_nacked_publish_is_sent_again_until_the_broker_takes_it() -> None:
+    """A quorum queue without a leader (for a second after a node is lost) nacks: that says
+    nothing about the message, and it must not send the command back to its queue at once."""
+    nack = DeliveryError(None, Basic.Nack(delivery_tag=1, multiple=True))
+    broker = FakeBroker({"workspace.created": [nack, nack, nack]})
+    event = created()
+    await publisher(broker).publish(event, None)
+    assert broker.sent == [("workspace.created", json.loads(event.body))]
 
 
 async def test_a_channel_that_stays_closed_fails_the_publish() -> None:
