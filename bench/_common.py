@@ -171,18 +171,6 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
-def status_mib(pid: int, key: str) -> float:
-    """A `/proc/<pid>/status` size (VmRSS: resident now, VmHWM: peak resident) in MiB."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return 0.0
-    for line in lines:
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 # --- processes -----------------------------------------------------------------------------
 
 

@@ -89,7 +89,6 @@ from bench._common import (
     redis_pid,
     redis_round_trips,
     spawn_worker,
-    status_mib,
     terminate_on_sigterm,
     worker_settings,
 )
@@ -98,7 +97,7 @@ from bench.otlp_sink import READY as OTLP_READY
 from bench.steps import step_table
 from service.producer import Producer
 from service.settings import Settings
-from tests.support import RedisServers, free_port
+from tests.support import RedisServers, free_port, status_mib
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 """The sampling profiler of `--profile`, installed beside the interpreter (dev dependencies)."""

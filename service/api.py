@@ -18,6 +18,11 @@ The circuit breaker (`service.breaker`) sees every send: connect errors, timeout
 against it, any other answer proves the API up. While it is open a call raises `DependencyDown`
 instead of being sent or retried, and so does a call that needs Redis (limiter, breaker) while
 Redis does not answer: the pipeline then waits with the command, which spends none of its tries.
+
+An answer is read only up to MAX_RESPONSE_BYTES (`service.http_client.read_answer`). A larger
+one is judged by its status alone: an error status as if its body were empty, a success as
+`ResponseTooLarge`, or `OutcomeUnknown` for a request that is not safe to repeat (it took
+effect, its result was not read, and it must not be sent again).
 """
 
 from __future__ import annotations
@@ -43,14 +48,16 @@ from service.errors import (
     ApiError,
     OutcomeUnknown,
     RateLimited,
+    ResponseTooLarge,
     RetriesExhausted,
     TokenRejected,
     TransientError,
     WorkerError,
     classify_failure,
 )
-from service.http_client import TRANSPORT_ERRORS, never_sent
+from service.http_client import TRANSPORT_ERRORS, Answer, never_sent, read_answer
 from service.limiter import Limiter
+from service.limits import Limits
 from service.metrics import Metrics
 from service.outages import REDIS, REDIS_UNAVAILABLE, DependencyDown
 from service.tracing import Tracing, http_attributes
@@ -148,9 +155,11 @@ class ApiClient:
         metrics: Metrics,
         tracing: Tracing | None = None,
         breaker: Breaker | None = None,
+        max_response_bytes: int = Limits.response_bytes,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
+        self._max_response_bytes = max_response_bytes
         self._tracing = tracing or Tracing()
         self._breaker = breaker
         self._http = http
@@ -224,24 +233,26 @@ class ApiClient:
             f"{request.method} {request.endpoint}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
             try:
-                response = await self._send(request, token, tries, permit)
+                answer = await self._send(request, token, tries, permit)
             except WorkerError as error:
                 span.set_attribute("error.type", error.code)
                 raise
-            span.set_attribute("http.response.status_code", response.status_code)
-            if not response.is_success:
-                span.set_attribute("error.type", str(response.status_code))
-        opened = await self._report(permit, failed=response.status_code >= 500)
-        if response.is_success:
-            return ApiResponse(response.status_code, _document(response), tries.sent)
-        if response.status_code == 404 and request.method == "DELETE" and tries.answer_lost:
+            span.set_attribute("http.response.status_code", answer.status)
+            if not answer.is_success:
+                span.set_attribute("error.type", str(answer.status))
+        opened = await self._report(permit, failed=answer.status >= 500)
+        if answer.is_success:
+            if answer.too_large:
+                raise self._too_large(request, answer.status)
+            return ApiResponse(answer.status, _document(answer), tries.sent)
+        if answer.status == 404 and request.method == "DELETE" and tries.answer_lost:
             # Gone: the attempt whose answer was lost deleted it. The result names the ids.
-            return ApiResponse(response.status_code, {}, tries.sent)
+            return ApiResponse(answer.status, {}, tries.sent)
         failure = classify_failure(
             request.method,
-            response.status_code,
-            response.headers,
-            response.content,
+            answer.status,
+            answer.headers,
+            answer.body,
             now=self._now(),
             default_retry_after=self._policy.default_retry_after,
             repeatable=request.safe_to_repeat,
@@ -260,9 +271,22 @@ class ApiClient:
             raise DependencyDown(self._breaker_name)
         raise failure
 
+    def _too_large(self, request: ApiRequest, status: int) -> WorkerError:
+        limit = f"more than MAX_RESPONSE_BYTES ({self._max_response_bytes} bytes)"
+        if request.safe_to_repeat:
+            return ResponseTooLarge(
+                f"The API answered HTTP {status} with {limit}; the answer was not read.",
+                status=status,
+            )
+        return OutcomeUnknown(
+            f"The API answered HTTP {status} with {limit}: the request took effect but its "
+            "result was not read, so it is not sent again.",
+            status=status,
+        )
+
     async def _send(
         self, request: ApiRequest, token: str, tries: _Tries, permit: Permit | None
-    ) -> httpx.Response:
+    ) -> Answer:
         """One attempt on the wire, inside its span (whose context the request carries)."""
         metrics = self._metrics
         started = time.perf_counter()
@@ -284,8 +308,9 @@ class ApiClient:
             url = url.copy_with(params=request.query)
         http_request = self._http.build_request(request.method, url, content=body, headers=headers)
         try:
-            response = await self._http.send(http_request)
+            response = await self._http.send(http_request, stream=True)
             status = response.status_code
+            answer = await read_answer(response, self._max_response_bytes, self._http.timeout.read)
         except TRANSPORT_ERRORS as exc:
             opened = await self._report(permit, failed=True)
             if opened and (never_sent(exc) or request.safe_to_repeat):
@@ -305,7 +330,7 @@ class ApiClient:
             metrics.api_latency.labels(request.method, request.endpoint, str(status)).observe(
                 time.perf_counter() - started
             )
-        return response
+        return answer
 
     @property
     def _breaker_name(self) -> str:
@@ -325,19 +350,19 @@ class ApiClient:
         return False
 
 
-def _document(response: httpx.Response) -> dict[str, Any]:
-    if not response.content:
+def _document(answer: Answer) -> dict[str, Any]:
+    if not answer.body:
         return {}
     try:
         # json.loads detects UTF-8/16/32 itself (RFC 8259); httpx's .json() first decodes
         # the text through its charset logic, three times the cost.
-        document = json.loads(response.content)
-    except ValueError:
+        document = json.loads(answer.body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can follow
         document = None
     if not isinstance(document, dict):
         raise ApiError(
-            f"The API answered HTTP {response.status_code} with a body that is not a JSON object.",
-            status=response.status_code,
+            f"The API answered HTTP {answer.status} with a body that is not a JSON object.",
+            status=answer.status,
             code="UnexpectedResponse",
             dead_letter=True,
         )

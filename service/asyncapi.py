@@ -50,6 +50,8 @@ _DEFS = "#/$defs/"
 _COMPONENT_SCHEMAS = "#/components/schemas/"
 
 COMMAND_PROPERTIES = """\
+A body larger than `MAX_COMMAND_BYTES` (default 1 MiB) is refused unread: `InvalidCommand`.
+
 AMQP properties the worker reads:
 
 - `message_id`: the command id and idempotency key. A command re-sent or redelivered with the \
@@ -75,12 +77,16 @@ Published persistent (delivery mode 2) with publisher confirms, `content_type: \
 application/json`, `message_id` = `eventId`, `correlation_id` = `correlationId`, AMQP `type` = \
 the event type (also the routing key), and also sent to the command's `reply_to` if it has \
 one. The command is acked only after its event is confirmed. Header `traceparent` (and \
-`tracestate`): the worker's span for the command, in the command's trace."""
+`tracestate`): the worker's span for the command, in the command's trace. No event is larger \
+than `MAX_EVENT_BYTES` (default 1 MiB): a result that would not fit is a `ResultTooLarge` \
+failure; an event the broker refuses is replaced by an `EventRefused` failure with the same \
+`eventId`."""
 
 DEAD_LETTER_HEADERS: dict[str, str] = {
     ROUTING_KEY_HEADER: "The routing key the command arrived with.",
     ERROR_CODE_HEADER: "The failure event's `error.code` (`InvalidCommand`, `UnknownCommand`, "
-    "`RetriesExhausted`, `Unauthorized`, `OutcomeUnknown`, or the API's code).",
+    "`RetriesExhausted`, `Unauthorized`, `OutcomeUnknown`, `ResponseTooLarge`, "
+    "`ResultTooLarge`, or the API's code).",
     ERROR_MESSAGE_HEADER: "The failure event's `error.message`.",
     EVENT_ID_HEADER: "The `eventId` of the failure event published for the command.",
     FAILED_AT_HEADER: "When the worker gave up on the command (ISO 8601, UTC).",
@@ -290,8 +296,9 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
         "title": "Dead-letter a command",
         "summary": "A command that failed with a fault, not with a clean API refusal.",
         "description": "Dead-lettered: `InvalidCommand`, `UnknownCommand`, `RetriesExhausted`, "
-        "`Unauthorized`, `OutcomeUnknown`, a 401 that survives a token refresh, a 5xx on a POST, "
-        "an answer that is not the API's shape. Published (confirmed) before the failure event.",
+        "`Unauthorized`, `OutcomeUnknown`, `ResponseTooLarge`, `ResultTooLarge`, a 401 that "
+        "survives a token refresh, a 5xx on a POST, an answer that is not the API's shape. "
+        "Published (confirmed) before the failure event.",
         "messages": [_ref("channels", "deadLetters", "messages", DEAD_LETTER)],
         "bindings": {"amqp": _publish_binding()},
     }

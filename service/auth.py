@@ -7,11 +7,14 @@ secret nor a token is ever put into a message, a log line or an exception.
 With a circuit breaker (`service.breaker`), a token endpoint that cannot be reached or answers
 5xx is an outage, not the command's failure: `DependencyDown`, and the command waits in its
 queue. A TLS certificate the worker does not trust is a refusal (`Unauthorized`), as before.
+
+The endpoint's answer is read only up to `MAX_TOKEN_ANSWER_BYTES`: a larger one is no token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from collections.abc import Callable
@@ -22,6 +25,8 @@ from pydantic import SecretStr
 
 from service.breaker import Breaker, Permit
 from service.errors import Unauthorized
+from service.http_client import Answer, read_answer
+from service.limits import MAX_TOKEN_ANSWER_BYTES
 from service.metrics import Metrics
 from service.outages import DependencyDown
 from service.tracing import Tracing
@@ -114,10 +119,12 @@ class TokenProvider:
         }
         permit = await self._breaker.admit() if self._breaker is not None else None
         self.fetches += 1
+        request = self._http.build_request(
+            "POST", credentials.token_url, data=form, headers={"Accept": "application/json"}
+        )
         try:
-            response = await self._http.post(
-                credentials.token_url, data=form, headers={"Accept": "application/json"}
-            )
+            response = await self._http.send(request, stream=True)
+            answer = await read_answer(response, MAX_TOKEN_ANSWER_BYTES, self._http.timeout.read)
         except httpx.HTTPError as exc:
             if not _tls_refused(exc):
                 await self._outage(permit)
@@ -125,20 +132,21 @@ class TokenProvider:
                 f"The token endpoint could not be reached ({type(exc).__name__}).",
                 retriable=True,
             ) from None
-        if response.status_code >= 500:
+        status = answer.status
+        if status >= 500:
             await self._outage(permit)
         elif permit is not None and self._breaker is not None:
             await self._breaker.succeeded(permit)
-        if response.status_code != 200:
+        if status != 200:
             raise Unauthorized(
-                f"The token endpoint answered HTTP {response.status_code}{_oauth_error(response)}.",
-                retriable=response.status_code >= 500 or response.status_code == 429,
+                f"The token endpoint answered HTTP {status}{_oauth_error(answer)}.",
+                retriable=status >= 500 or status == 429,
             )
         try:
-            document = response.json()
+            document = json.loads(answer.body)
             value = document["access_token"]
             lifetime = float(document.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise Unauthorized(
                 "The token endpoint answered without a usable access_token.", retriable=True
             ) from None
@@ -167,11 +175,11 @@ def _tls_refused(error: BaseException) -> bool:
     return False
 
 
-def _oauth_error(response: httpx.Response) -> str:
+def _oauth_error(answer: Answer) -> str:
     """The RFC 6749 `error` code if there is one; never the body, which could echo input."""
     try:
-        code = response.json().get("error")
-    except (ValueError, AttributeError):
+        code = json.loads(answer.body).get("error")
+    except (ValueError, AttributeError, RecursionError):
         return ""
     if isinstance(code, str) and code.isascii() and code.replace("_", "").isalnum():
         return f" ({code})"

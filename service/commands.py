@@ -194,10 +194,10 @@ class CommandSpec:
         try:
             return self.model.parse_json(body)
         except ValidationError as exc:
-            raise InvalidCommand(
-                f"The {self.routing_key} command body is invalid.",
-                details=validation_details(exc),
-            ) from None
+            details = validation_details(exc)
+        # Raised outside the except block: the refusal does not chain the validation error,
+        # which holds the whole body as its input.
+        raise InvalidCommand(f"The {self.routing_key} command body is invalid.", details=details)
 
     def request(self, command: Command) -> ApiRequest:
         # Fields the producer left out, or sent as null, are not sent (most pages have no

@@ -1,7 +1,8 @@
 """One broker message as the pipeline sees it, and every header name the worker reads or writes.
 
-`delivery_from` is the only place that looks at FastStream's message: the body as sent, the
-AMQP properties, and the headers and `reply_to` as `service.trust` lets them count.
+`delivery_from` is the only place that looks at the broker's message (aio-pika's, as the
+consumers get it): the body as sent, the AMQP properties, and the headers and `reply_to` as
+`service.trust` lets them count.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from faststream.rabbit import RabbitMessage
+from aio_pika.abc import AbstractIncomingMessage
 
 from service.trust import Trust
 
@@ -69,11 +70,10 @@ class Delivery:
 
 
 def delivery_from(
-    message: RabbitMessage, queue: str, trust: Trust, routing_key: str | None = None
+    raw: AbstractIncomingMessage, queue: str, trust: Trust, routing_key: str | None = None
 ) -> Delivery:
     """The delivery as the pipeline may act on it; `routing_key` is the command queue's own
     (whichever exchange the message came through), None on the unrouted queue."""
-    raw = message.raw_message
     # The exchange is the broker's record of where the message was published, not a header.
     vetted = trust.vet(raw.exchange or "", raw.headers or {}, raw.reply_to)
     return Delivery(

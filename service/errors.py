@@ -5,6 +5,10 @@ never reached), the error object, whether trying again later could help (`retria
 whether the command is a fault to park in the dead-letter queue (`dead_letter`) rather than a
 clean refusal by the API, which is an outcome like any other.
 
+Every text an error carries is bounded when the error is made (`service.limits`): an answer or
+a command can put a megabyte into a message, a target or a thousand details, and none of it may
+reach an event, a dead letter's headers or a log line whole.
+
 Also here, because it is pure: turning an HTTP answer into a result or one of these errors.
 """
 
@@ -16,6 +20,15 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+from service.limits import (
+    MAX_CODE_CHARACTERS,
+    MAX_DETAIL_MESSAGE_CHARACTERS,
+    MAX_DETAILS,
+    MAX_MESSAGE_CHARACTERS,
+    MAX_TARGET_CHARACTERS,
+    clip,
+)
 
 # Answers that prove the request was not processed: safe to repeat even for a POST.
 NOT_PROCESSED_STATUSES = frozenset({502, 503, 504})
@@ -44,19 +57,43 @@ class WorkerError(Exception):
         retriable: bool | None = None,
         dead_letter: bool | None = None,
     ) -> None:
+        omitted = len(details) - MAX_DETAILS
+        if omitted > 0:
+            suffix = f" ({omitted} more details not listed)"
+            message = clip(message, MAX_MESSAGE_CHARACTERS - len(suffix)) + suffix
+        message = clip(message, MAX_MESSAGE_CHARACTERS)
         super().__init__(message)
         self.message = message
         self.status = status
         if code is not None:
-            self.code = code
-        self.target = target
-        self.details = [dict(detail) for detail in details]
+            self.code = clip(code, MAX_CODE_CHARACTERS)
+        self.target = None if target is None else clip(target, MAX_TARGET_CHARACTERS)
+        self.details = [_bounded(detail) for detail in details[:MAX_DETAILS]]
         if retriable is not None:
             self.retriable = retriable
         if dead_letter is not None:
             self.dead_letter = dead_letter
         self.attempts = 0
         """HTTP attempts made before this error; filled in by the API client."""
+
+    def settled(self) -> WorkerError:
+        """This error as a command's outcome, data from now on: without its traceback and the
+        exceptions it chained. Their frames hold the command's body and the API's answer, and
+        a caller's frame holds the error: a reference cycle, which only the garbage collector
+        would free, long after (a flood of 1 MB commands kept hundreds of them in memory)."""
+        self.__traceback__ = None
+        self.__context__ = None
+        self.__cause__ = None
+        return self
+
+
+def _bounded(detail: Mapping[str, Any]) -> dict[str, Any]:
+    target = detail.get("target")
+    return {
+        "code": clip(str(detail.get("code", "")), MAX_CODE_CHARACTERS),
+        "message": clip(str(detail.get("message", "")), MAX_DETAIL_MESSAGE_CHARACTERS),
+        "target": clip(target, MAX_TARGET_CHARACTERS) if isinstance(target, str) else None,
+    }
 
 
 class InvalidCommand(WorkerError):
@@ -92,6 +129,29 @@ class OutcomeUnknown(WorkerError):
     """
 
     code = "OutcomeUnknown"
+
+
+class ResponseTooLarge(WorkerError):
+    """The API's answer was larger than MAX_RESPONSE_BYTES, so it was not read; for a request
+    that is safe to repeat (one that could not be safe is `OutcomeUnknown` instead)."""
+
+    code = "ResponseTooLarge"
+
+
+class ResultTooLarge(WorkerError):
+    """The result would make an event larger than MAX_EVENT_BYTES; `target` is the resource's
+    id when the answer had one."""
+
+    code = "ResultTooLarge"
+
+
+class EventRefused(WorkerError):
+    """The broker refused the command's event itself (its size, or a channel error on that
+    one publish): this failure event stands in for it. Not dead-lettered on its own account:
+    a fault's dead letter went out before its event."""
+
+    code = "EventRefused"
+    dead_letter = False
 
 
 class ApiError(WorkerError):
@@ -154,7 +214,7 @@ def error_object(body: bytes) -> dict[str, Any] | None:
     """The API's `{"error": {...}}` object, or None when the body is not one."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can follow
         return None
     if not isinstance(document, dict):
         return None

@@ -3,6 +3,11 @@
 A success event carries the API's inner object unchanged as `result`; a failure event carries
 `error`, which is the API's own error object when there is one, plus the HTTP status (null when
 the API was never reached) and whether trying again later could help.
+
+No event is larger than MAX_EVENT_BYTES: a result that would not fit is replaced by a
+`ResultTooLarge` failure (`oversized`), and the texts a failure copies are bounded when its
+error is made (`service.errors`), so a failure event always fits. An event the broker refuses
+all the same is replaced by an `EventRefused` failure with the same id (`refused`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
-from service.errors import WorkerError
+from service.errors import EventRefused, ResultTooLarge, WorkerError
+from service.limits import (
+    MAX_CODE_CHARACTERS,
+    MAX_DETAIL_MESSAGE_CHARACTERS,
+    MAX_DETAILS,
+    MAX_MESSAGE_CHARACTERS,
+    MAX_TARGET_CHARACTERS,
+    clip,
+)
 
 
 class _Model(BaseModel):
@@ -26,17 +39,23 @@ class _Model(BaseModel):
 class ErrorDetail(_Model):
     """One specific problem: the API's detail object, or one bad field of a command."""
 
-    code: str
-    message: str
-    target: str | None = None
+    code: str = Field(max_length=MAX_CODE_CHARACTERS)
+    message: str = Field(max_length=MAX_DETAIL_MESSAGE_CHARACTERS)
+    target: str | None = Field(default=None, max_length=MAX_TARGET_CHARACTERS)
 
 
 class EventError(_Model):
     status: int | None = Field(description="The API's HTTP status; null if it was not reached.")
-    code: str
-    message: str
-    target: str | None = None
-    details: list[ErrorDetail] = []
+    code: str = Field(max_length=MAX_CODE_CHARACTERS)
+    message: str = Field(
+        max_length=MAX_MESSAGE_CHARACTERS,
+        description="Cut short (ending in …) when the API's or a validator's was longer; it says "
+        "how many details were not listed.",
+    )
+    target: str | None = Field(default=None, max_length=MAX_TARGET_CHARACTERS)
+    details: list[ErrorDetail] = Field(
+        default=[], max_length=MAX_DETAILS, description="The first details, when there are more."
+    )
     retriable: bool = Field(description="True when the same command may succeed later.")
 
 
@@ -114,6 +133,26 @@ def failure(
     )
 
 
+def oversized(event: SuccessEvent, max_bytes: int, status: int) -> ResultTooLarge | None:
+    """The failure that stands in for `event` when it is larger than `max_bytes`, naming the
+    limit, the API's status and the resource's id (also the error's `target`); None if it fits.
+    """
+    size = len(event.model_dump_json(by_alias=True).encode())
+    if size <= max_bytes:
+        return None
+    resource = event.result.get("id")
+    resource_id = str(resource) if isinstance(resource, str | int) else None
+    named = f" for the resource {clip(resource_id, MAX_TARGET_CHARACTERS)}" if resource_id else ""
+    error = ResultTooLarge(
+        f"The API answered HTTP {status}{named}, but its result makes an event of {size} bytes, "
+        f"more than MAX_EVENT_BYTES ({max_bytes} bytes).",
+        status=status,
+        target=resource_id,
+    )
+    error.attempts = event.attempts
+    return error
+
+
 @dataclass(frozen=True)
 class EncodedEvent:
     """An event as it travels and as it is recorded: the bytes, plus the AMQP properties."""
@@ -140,3 +179,22 @@ class EncodedEvent:
             document["commandId"],
             document["correlationId"],
         )
+
+
+def refused(event: EncodedEvent, failure_type: str, message: str, now: datetime) -> EncodedEvent:
+    """The failure event published in place of `event`, which could not be: the same event id
+    (consumers see one event for the outcome), the command's failure type, the status and
+    attempts the refused event had, `message` saying why."""
+    document = json.loads(event.body)
+    error = document.get("error")
+    status = error.get("status") if isinstance(error, dict) else None
+    stand_in = EventRefused(message, status=status if isinstance(status, int) else None)
+    stand_in.attempts = document.get("attempts", 0)
+    substitute = failure(
+        failure_type,
+        command_id=event.command_id,
+        correlation_id=event.correlation_id,
+        error=stand_in,
+        now=now,
+    )
+    return EncodedEvent.of(substitute.model_copy(update={"event_id": event.event_id}))

@@ -15,14 +15,23 @@ limiter, be missing from the event's `attempts`, and hide from the API client th
 lost (a DELETE repeated after its lost answer meets 404 because it worked). A client middleware,
 aiohttp's hook that runs for each attempt, refuses the second; the API client's own retry loop
 then decides, as for any lost answer.
+
+Every answer is read streamed and bounded (`read_answer`): a Content-Length over the bound is
+refused before a byte of the body is read, and a body without one is read only up to the bound;
+either way the connection is closed, not drained. The whole body must arrive within the read
+timeout, which on its own only bounds each wait for the next bytes: an answer trickling in a
+byte at a time would otherwise hold its command for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 import ssl
+import sys
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -185,3 +194,59 @@ def never_sent(error: Exception) -> bool:
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, aiohttp.ClientError)
 """What a failed exchange raises: httpx's errors, and the aiohttp ones httpx-aiohttp lets
 through unmapped (a malformed answer, a payload cut short)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer, its body read within the bound."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    """Empty when the body was too large to read."""
+    too_large: bool = False
+    """The body was (or said it was) larger than the bound: it was not read."""
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+
+async def read_answer(response: httpx.Response, max_bytes: int, within: float | None) -> Answer:
+    """The body of a streamed `response`, never read past `max_bytes`, in at most `within`
+    seconds (None: no bound). The response is closed in every case; one not read to its end
+    takes its connection with it (aiohttp does not put it back in the pool).
+
+    A body that does not arrive in time raises `httpx.ReadTimeout`, as a late head does.
+    """
+    status, headers = response.status_code, response.headers
+    try:
+        declared = _content_length(headers)
+        if declared is not None and declared > max_bytes:
+            return Answer(status, headers, b"", too_large=True)
+        chunks: list[bytes] = []
+        size = 0
+        async with asyncio.timeout(within):
+            # Decoded bytes (gzip and the like): what the worker holds in memory.
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    return Answer(status, headers, b"", too_large=True)
+                chunks.append(chunk)
+        return Answer(status, headers, b"".join(chunks))
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"the answer's body took longer than {within} s") from None
+    finally:
+        await response.aclose()
+
+
+def _content_length(headers: httpx.Headers) -> int | None:
+    """The declared length; None when there is none (or it is no number aiohttp would have
+    let through); a number of 19 digits or more is simply huge."""
+    value = headers.get("content-length", "")
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value) if len(value) < _HUGE_DIGITS else sys.maxsize
+
+
+_HUGE_DIGITS = 19

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from service.api import ApiResponse
 from service.commands import ApiRequest
 from service.errors import ApiError, WorkerError
-from service.events import EncodedEvent, SuccessEvent, failure, new_event_id, success
+from service.events import EncodedEvent, SuccessEvent, failure, new_event_id, oversized, success
 from service.idempotency import OutcomeStore, Recorded, claim_when_free
 from service.job_kinds import (
     CONTEXTCAPTURE_JOBS,
@@ -34,6 +34,7 @@ from service.job_kinds import (
     JobKind,
     JobKindName,
 )
+from service.limits import Limits
 from service.metrics import Metrics
 from service.tracing import Tracing, carrier, link_to
 
@@ -176,8 +177,10 @@ class JobFollower:
         *,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        max_event_bytes: int = Limits.event_bytes,
     ) -> None:
         self._tracing = tracing or Tracing()
+        self._max_event_bytes = max_event_bytes
         self._metrics = metrics or Metrics()
         self._api = api
         self._publisher = publisher
@@ -272,7 +275,11 @@ class JobFollower:
             changed = seen != tuple(getattr(poll, name) for name in kind.change_fields)
             if changed:
                 progress_event = self._event(
-                    kind.progress_event, poll, {"jobId": poll.job_id, **progress}, response.attempts
+                    kind.progress_event,
+                    poll,
+                    {"jobId": poll.job_id, **progress},
+                    response.status,
+                    response.attempts,
                 )
             if progress["state"] in kind.ended_states:
                 terminal = await self._ended(kind, poll)
@@ -310,12 +317,12 @@ class JobFollower:
         if terminal is None:
             return None
         if state not in kind.messages_for or kind.messages_path is None:
-            return self._event(terminal, poll, job, read.attempts)
+            return self._event(terminal, poll, job, read.status, read.attempts)
         messages, attempts = await self._messages(kind, poll)
         event = EndedWithMessagesEvent(
             **self._fields(terminal, poll, read.attempts + attempts), result=job, messages=messages
         )
-        return EncodedEvent.of(event).body.decode()
+        return self._encoded(event, read.status)
 
     async def _messages(self, kind: JobKind, poll: Poll) -> tuple[JobMessages | None, int]:
         """The job's messages and the attempts they took. A refusal, or an answer of another
@@ -345,7 +352,9 @@ class JobFollower:
             "attempts": attempts,
         }
 
-    def _event(self, event_type: str, poll: Poll, result: dict[str, Any], attempts: int) -> str:
+    def _event(
+        self, event_type: str, poll: Poll, result: dict[str, Any], status: int, attempts: int
+    ) -> str:
         event = success(
             event_type,
             command_id=poll.command_id,
@@ -354,9 +363,18 @@ class JobFollower:
             attempts=attempts,
             now=self._now(),
         )
+        return self._encoded(event, status)
+
+    def _encoded(self, event: SuccessEvent, status: int) -> str:
+        """The event, encoded; `ResultTooLarge` (which ends the following) if it would not fit
+        in MAX_EVENT_BYTES."""
+        too_large = oversized(event, self._max_event_bytes, status)
+        if too_large is not None:
+            raise too_large
         return EncodedEvent.of(event).body.decode()
 
     def _failure(self, kind: JobKind, poll: Poll, error: WorkerError) -> str:
+        error = error.settled()
         event = failure(
             kind.follow_failed_event,
             command_id=poll.command_id,

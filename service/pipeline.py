@@ -1,9 +1,10 @@
 """The one pipeline every command goes through, in the order of this module.
 
-enter (ids, log context) → validate (`spec.parse`, no I/O) → claim the id (a recorded outcome
-is published again, nothing is called) → call (limiter, token, retries: `service.api`) →
-outcome (an event, or the job's own events to come) → delay it (retriable, delays left) or
-conclude: follow the job, record, dead-letter a fault, publish.
+enter (ids, log context) → validate (MAX_COMMAND_BYTES, then `spec.parse`, no I/O) → claim the
+id (a recorded outcome is published again, nothing is called) → call (limiter, token, retries:
+`service.api`) → outcome (an event, a failure if the result would not fit in MAX_EVENT_BYTES;
+or the job's own events to come) → delay it (retriable, delays left) or conclude: follow the
+job, record, dead-letter a fault, publish.
 
 The broker adapter acks the command only after `handle` returns, that is after every publish
 here was confirmed. A crash goes back to the queue (after a back-off); a crash in validation or
@@ -48,7 +49,7 @@ from service.errors import (
     UnknownCommand,
     WorkerError,
 )
-from service.events import EncodedEvent, Event, SuccessEvent, failure, success
+from service.events import EncodedEvent, Event, SuccessEvent, failure, oversized, success
 from service.idempotency import (
     Leased,
     LeaseKeeper,
@@ -58,6 +59,7 @@ from service.idempotency import (
     claim_when_free,
 )
 from service.jobs import JobFollower
+from service.limits import Limits
 from service.messages import Command
 from service.metrics import Metrics
 from service.outages import REDIS_UNAVAILABLE, DependencyDown, Outages
@@ -193,9 +195,11 @@ class Pipeline:
         follower: JobFollower,
         policy: DeliveryPolicy = DeliveryPolicy(),
         outages: Outages | None = None,
+        limits: Limits | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
+        self._limits = limits or Limits()
         self._outages = outages or Outages(metrics, None, {})
         self._follower = follower
         self._api = api
@@ -277,7 +281,7 @@ class Pipeline:
         self, spec: CommandSpec | None, delivery: Delivery, held: Held, started: float
     ) -> Settled:
         try:
-            prepared = _validate(spec, delivery)
+            prepared = _validate(spec, delivery, self._limits.command_bytes)
         except Exception as crash:
             return await self._poisoned(spec, delivery, crash)
         unsent_token: str | None = None
@@ -410,7 +414,7 @@ class Pipeline:
             attempts=response.attempts,
             now=self._now(),
         )
-        return Outcome(event, status=response.status, command=command)
+        return self._succeeded(spec, delivery, event, response.status, command)
 
     async def _orphaned(
         self, spec: CommandSpec | None, delivery: Delivery, prepared: Prepared | WorkerError
@@ -452,7 +456,24 @@ class Pipeline:
             attempts=1,
             now=self._now(),
         )
-        return Outcome(event, command=command)
+        return self._succeeded(spec, delivery, event, response.status, command, lookup=True)
+
+    def _succeeded(
+        self,
+        spec: CommandSpec,
+        delivery: Delivery,
+        event: SuccessEvent,
+        status: int,
+        command: Command,
+        *,
+        lookup: bool = False,
+    ) -> Outcome:
+        """The success, or a `ResultTooLarge` failure when its event would not fit."""
+        too_large = oversized(event, self._limits.event_bytes, status)
+        if too_large is not None:
+            return self._failed(spec, delivery, too_large)
+        # A lookup's status is not the command's own.
+        return Outcome(event, status=None if lookup else status, command=command)
 
     def _unknown(self, spec: CommandSpec | None, delivery: Delivery, looked: str) -> Outcome:
         error = OutcomeUnknown(
@@ -609,6 +630,7 @@ class Pipeline:
         return Settled.of(outcome)
 
     def _failed(self, spec: CommandSpec | None, delivery: Delivery, error: WorkerError) -> Outcome:
+        error = error.settled()
         command_id = delivery.message_id or ""
         event = failure(
             failure_event_type(spec, delivery.routing_key),
@@ -639,12 +661,26 @@ def _log_finished(outcome: Outcome, started: float) -> None:
 Prepared = tuple[Command, ApiRequest]
 
 
-def _validate(spec: CommandSpec | None, delivery: Delivery) -> Prepared | WorkerError:
-    """Everything about the command that needs no I/O: a known key, JSON, a valid body. A
-    refusal is returned, to become the command's failure event; a bug raises, and meets the
-    poison bound like any other crash."""
+def _validate(
+    spec: CommandSpec | None, delivery: Delivery, max_bytes: int
+) -> Prepared | WorkerError:
+    """Everything about the command that needs no I/O: a known key, a size within `max_bytes`
+    (before any parsing), JSON, a valid body. A refusal is returned, to become the command's
+    failure event; a bug raises, and meets the poison bound like any other crash."""
     if spec is None:
         return UnknownCommand("No command is bound to this routing key.", target="routingKey")
+    if len(delivery.body) > max_bytes:
+        return InvalidCommand(
+            f"The command body ({len(delivery.body)} bytes) is larger than MAX_COMMAND_BYTES "
+            f"({max_bytes} bytes); it was not read.",
+            details=[
+                {
+                    "code": "InvalidValue",
+                    "message": f"larger than MAX_COMMAND_BYTES ({max_bytes} bytes)",
+                    "target": "body",
+                }
+            ],
+        )
     try:
         _check_content_type(delivery.content_type)
         command = spec.parse(delivery.body)

@@ -23,6 +23,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url
 
+from service.limits import KIB, MIN_EVENT_BYTES, Limits
+
 # Community tier: 500 calls a minute. 8/s for 60 s is 480, plus a burst of 20 is exactly 500,
 # so no 60-second window can exceed the budget even when the burst is spent inside it.
 COMMUNITY_RATE_PER_SECOND = 8.0
@@ -143,7 +145,17 @@ class Settings(BaseSettings):
     dead_letter_queue: str = "itwin-worker.dlq"
     """Commands the worker could not process, with headers saying why."""
     prefetch: PositiveInt = 32
-    """Commands one worker process handles at once (the channel's prefetch count)."""
+    """Commands one worker process takes from each queue at once (the prefetch count of each
+    consumer: RabbitMQ applies it per consumer). It sizes the memory: docs/running.md."""
+    max_command_bytes: int = Field(default=Limits.command_bytes, ge=KIB)
+    """A command body larger than this is refused unread (`InvalidCommand`). The broker
+    delivers it whole all the same: its own `max_message_size` bounds that (docs/running.md)."""
+    max_response_bytes: int = Field(default=Limits.response_bytes, ge=KIB)
+    """An API answer is not read past this many bytes: a larger one is a failure event
+    (`ResponseTooLarge`, or `OutcomeUnknown` when a POST or state change succeeded)."""
+    max_event_bytes: int = Field(default=Limits.event_bytes, ge=MIN_EVENT_BYTES)
+    """No event is larger: a result that would be is a `ResultTooLarge` failure event. Keep it
+    well below the broker's `max_message_size` (16 MiB on RabbitMQ 4, 128 MiB on 3.x)."""
     delivery_limit: PositiveInt = 5
     """Redeliveries after which the broker dead-letters a command that keeps crashing us."""
     reply_to_pattern: str = r"^(amq\.rabbitmq\.reply-to.*|reply\..+)$"

@@ -1,7 +1,8 @@
 """A three-node RabbitMQ cluster on this machine, behind one address, for the tests that lose a
 node: each node with its own name, ports and folders (research.md, "RabbitMQ clusters"), and a
 TCP front (`tests/tcp_front.py`) that hands each new connection to the first node that accepts,
-as a Kubernetes Service would.
+as a Kubernetes Service would. Also, with `RabbitCluster(1, max_message_size=...)`, a broker of a
+test's own configured as the machine's is not (the machine's broker is everyone's).
 
 Debian's `rabbitmq-server` runs a node as the `rabbitmq` user (with that user's Erlang cookie,
 which `rabbitmqctl` run as root uses too), so the folders live in a directory that user owns.
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.support import free_port
@@ -57,15 +59,16 @@ def _is_free(port: int) -> bool:
 
 
 class RabbitNode:
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, config: Mapping[str, object] | None = None) -> None:
+        """`config`: further `rabbitmq.conf` settings (`max_message_size`, ...)."""
         self.name = name
         self.port = _free_node_port()
         self.directory = root / name.partition("@")[0]
         self.directory.mkdir(parents=True)
         (self.directory / "enabled_plugins").write_text("[].\n")
-        (self.directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
-        )
+        lines = [f"listeners.tcp.local = 127.0.0.1:{self.port}"]
+        lines += [f"{key} = {value}" for key, value in (config or {}).items()]
+        (self.directory / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         self.pid: int | None = None
 
     @property
@@ -144,13 +147,16 @@ def _wait_gone(pid: int, within: float = 60) -> None:
 
 
 class RabbitCluster:
-    """Three nodes joined into one cluster, and the front at `port`."""
+    """Three nodes joined into one cluster, and the front at `port`; `config` goes to every
+    node's `rabbitmq.conf`."""
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, **config: object) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="itwin-rabbit-"))
         shutil.chown(self.root, "rabbitmq", "rabbitmq")
         run = uuid.uuid4().hex[:6]
-        self.nodes = [RabbitNode(f"itw{run}n{i + 1}@localhost", self.root) for i in range(size)]
+        self.nodes = [
+            RabbitNode(f"itw{run}n{i + 1}@localhost", self.root, config) for i in range(size)
+        ]
         self.port = free_port()
         self._front: subprocess.Popen[bytes] | None = None
 

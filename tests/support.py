@@ -1,6 +1,7 @@
 """Helpers the tests and the benchmarks share: free ports, `rabbitmqctl`, Redis servers a test
-starts for itself, the worker's settings and environment for a test, worker processes, queues
-drained to the end. Fixtures stay in the conftest files; everything else is here, in one module.
+starts for itself, the worker's settings and environment for a test, worker processes and their
+memory, queues drained to the end. Fixtures stay in the conftest
+files; everything else is here, in one module.
 
 Everything a run creates lives in its own vhost and under its own Redis prefix; every process a
 helper starts is stopped by its PID.
@@ -19,7 +20,7 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 import httpx
@@ -273,7 +274,20 @@ async def cluster_replica_of(nodes: Sequence[RedisServer], primary: RedisServer)
     raise LookupError(f"no replica follows {primary.address}")
 
 
-def worker_settings(amqp_url: str, simulator: SimulatorHandle, **overrides: Any) -> Settings:
+class ApiEndpoints(Protocol):
+    """Where an API (the simulator, or a stand-in) and its token endpoint are, whom it accepts."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def token_url(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def client_secret(self) -> str: ...
+
+
+def worker_settings(amqp_url: str, simulator: ApiEndpoints, **overrides: Any) -> Settings:
     return load_settings(
         **{
             "amqp_url": amqp_url,
@@ -384,6 +398,18 @@ class WorkerProcess:
 
 
 SpawnWorkers = Callable[..., Awaitable[list[WorkerProcess]]]
+
+
+def status_mib(pid: int, key: str) -> float:
+    """A `/proc/<pid>/status` size (VmRSS: resident now, VmHWM: peak resident) in MiB."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def max_in_window(times: Sequence[float], window: float) -> int:

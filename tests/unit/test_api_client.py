@@ -1,11 +1,12 @@
 """The API client's decisions on httpx's `MockTransport`: classification, retries, the one
-token refresh after a 401, the shared pause after a 429, the token taken after the wait."""
+token refresh after a 401, the shared pause after a 429, the token taken after the wait, answers
+larger than MAX_RESPONSE_BYTES."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import httpx
@@ -15,8 +16,15 @@ from pydantic import SecretStr
 from service.api import ApiClient, RetryPolicy
 from service.auth import ClientCredentials, TokenProvider
 from service.commands import ApiRequest
-from service.errors import ApiError, OutcomeUnknown, RetriesExhausted, Unauthorized
+from service.errors import (
+    ApiError,
+    OutcomeUnknown,
+    ResponseTooLarge,
+    RetriesExhausted,
+    Unauthorized,
+)
 from service.limiter import LocalLimiter, Priority, buckets_for
+from service.limits import MAX_TOKEN_ANSWER_BYTES
 from service.metrics import Metrics
 
 POST = ApiRequest("POST", "/contextcapture/workspaces", {"name": "w"}, "workspaces")
@@ -54,7 +62,14 @@ class Identity:
         )
 
 
-def client(api: Handler, identity: Identity | None = None, clock: Clock | None = None) -> ApiClient:
+def client(
+    api: Handler,
+    identity: Identity | None = None,
+    clock: Clock | None = None,
+    *,
+    max_response_bytes: int = 8 * 1024 * 1024,
+    timeout: float = 5.0,
+) -> ApiClient:
     clock = clock or Clock()
     identity = identity or Identity()
     tokens = TokenProvider(
@@ -63,12 +78,13 @@ def client(api: Handler, identity: Identity | None = None, clock: Clock | None =
         clock=clock,
     )
     return ApiClient(
-        httpx.AsyncClient(transport=httpx.MockTransport(api)),
+        httpx.AsyncClient(transport=httpx.MockTransport(api), timeout=timeout),
         tokens,
         LocalLimiter(buckets_for(10.0, 1), clock=clock, sleep=clock.sleep),
         RetryPolicy(attempts=3, initial=0.0001, maximum=0.0001, rate_limit_budget=30.0),
         base_url="https://api.example",
         metrics=Metrics(frozenset()),
+        max_response_bytes=max_response_bytes,
     )
 
 
@@ -263,3 +279,91 @@ async def test_every_attempt_keeps_the_requests_class(priority: Priority) -> Non
     other = "poll" if priority == "command" else "command"
     assert used("itwin_worker_budget_used_total", {"class": other}) == 0
     assert used("itwin_worker_limiter_waiting", {"class": priority}) == 0
+
+
+class Body(httpx.AsyncByteStream):
+    """A streamed body of `chunks` chunks of `size` bytes (None: endless), `pause` seconds
+    apart; it counts what was read of it."""
+
+    def __init__(self, size: int, chunks: int | None = None, pause: float = 0.0) -> None:
+        self.size, self.chunks, self.pause = size, chunks, pause
+        self.read = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while self.chunks is None or sent < self.chunks:
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            self.read += self.size
+            sent += 1
+            yield b"x" * self.size
+
+
+async def test_a_declared_length_over_the_bound_is_not_read() -> None:
+    body = Body(1000, chunks=2000)
+    handle, seen = answers(httpx.Response(201, headers={"content-length": "2000000"}, stream=body))
+    with pytest.raises(OutcomeUnknown) as raised:
+        await client(handle, max_response_bytes=1_000_000).send(POST)
+    assert body.read == 0
+    assert len(seen) == 1
+    assert (raised.value.status, raised.value.attempts) == (201, 1)
+    assert "MAX_RESPONSE_BYTES (1000000 bytes)" in raised.value.message
+    assert "not sent again" in raised.value.message
+
+
+async def test_an_endless_answer_is_read_up_to_the_bound_only() -> None:
+    body = Body(1000)
+    handle, seen = answers(httpx.Response(200, stream=body))
+    with pytest.raises(ResponseTooLarge) as raised:
+        await client(handle, max_response_bytes=100_000).send(GET)
+    assert 100_000 < body.read <= 101_000
+    assert len(seen) == 1, "a GET whose answer is too large is not repeated: it would be again"
+    assert (raised.value.status, raised.value.dead_letter, raised.value.retriable) == (
+        200, True, False,
+    )  # fmt: skip
+
+
+async def test_an_error_answer_too_large_is_judged_by_its_status() -> None:
+    handle, seen = answers(
+        httpx.Response(502, stream=Body(1000, chunks=500)), httpx.Response(200, json=CREATED)
+    )
+    response = await client(handle, max_response_bytes=100_000).send(GET)
+    assert (response.status, response.attempts, len(seen)) == (200, 2, 2)
+
+
+async def test_an_answer_at_the_bound_is_read() -> None:
+    handle, _ = answers(httpx.Response(200, json=CREATED))
+    size = len(httpx.Response(200, json=CREATED).content)
+    response = await client(handle, max_response_bytes=size).send(GET)
+    assert response.document == CREATED
+
+
+async def test_json_nested_deeper_than_json_follows_is_no_json_object() -> None:
+    handle, _ = answers(httpx.Response(201, content=b"[" * 100_000 + b"]" * 100_000))
+    with pytest.raises(ApiError) as raised:
+        await client(handle).send(POST)
+    assert (raised.value.code, raised.value.status) == ("UnexpectedResponse", 201)
+
+
+async def test_a_body_trickling_in_past_the_read_timeout_is_a_lost_answer() -> None:
+    body = Body(1, pause=0.02)
+    handle, seen = answers(httpx.Response(201, stream=body))
+    with pytest.raises(OutcomeUnknown) as raised:
+        await client(handle, timeout=0.3).send(POST)
+    assert len(seen) == 1
+    assert "ReadTimeout" in raised.value.message
+
+
+async def test_a_token_answer_larger_than_its_bound_is_no_token() -> None:
+    body = Body(1000)
+
+    def identity(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=body)
+
+    tokens = TokenProvider(
+        httpx.AsyncClient(transport=httpx.MockTransport(identity)),
+        ClientCredentials("https://ims.example/token", "id", SecretStr("secret"), "scope"),
+    )
+    with pytest.raises(Unauthorized, match="without a usable access_token"):
+        await tokens.token()
+    assert body.read <= MAX_TOKEN_ANSWER_BYTES + 1000

@@ -265,3 +265,19 @@ async def test_a_poll_parked_before_v2_existed_is_a_contextcapture_poll() -> Non
     assert api.requests[0].accept == ACCEPT_V1
     [event] = publisher.published
     assert event["type"] == "job.progress"
+
+
+async def test_a_final_job_too_large_for_an_event_ends_the_following_saying_so() -> None:
+    big = ApiResponse(200, {"job": {**JOB, "description": "d" * 70_000}}, 1)
+    api, publisher = FakeApi(progress(100, "Over"), big), FakePublisher()
+    jobs = JobFollower(
+        api, publisher, MemoryOutcomes(ttl=60, lease=5), SCHEDULE, max_event_bytes=65536
+    )
+    await jobs.poll(poll(percentage=90, step="Calibration"))
+    progressed, ended = publisher.published
+    assert progressed["type"] == "job.progress"
+    assert ended["type"] == "job.follow.failed"
+    error = ended["error"]
+    assert (error["code"], error["status"], error["target"]) == ("ResultTooLarge", 200, "j1")
+    assert "MAX_EVENT_BYTES (65536 bytes)" in error["message"]
+    assert publisher.polls == [], "the following ended"

@@ -236,3 +236,49 @@ async def test_an_open_breaker_makes_the_command_wait_and_try_again() -> None:
     assert waited == ["api"]
     assert publisher.delayed == [], "not parked in a delay queue"
     assert [event["type"] for event in publisher.published] == ["workspace.created"]
+
+
+async def test_a_command_over_max_command_bytes_is_refused_unread() -> None:
+    api, publisher = FakeApi(), FakePublisher()
+    worker = pipeline(api, publisher, max_command_bytes=1024)
+    # Not even JSON: a parser would have said InvalidJson; the size is checked first.
+    body = b"\xff" * 1025
+    await worker.handle(SPEC, Delivery(body=body, routing_key="workspace.create", message_id="b1"))
+    assert api.requests == []
+    [event] = publisher.published
+    error = event["error"]
+    assert (error["code"], error["status"]) == ("InvalidCommand", None)
+    assert "MAX_COMMAND_BYTES (1024 bytes)" in error["message"]
+    assert error["details"] == [
+        {"code": "InvalidValue", "message": "larger than MAX_COMMAND_BYTES (1024 bytes)",
+         "target": "body"},
+    ]  # fmt: skip
+    assert publisher.dead == ["InvalidCommand"]
+
+
+async def test_a_command_at_max_command_bytes_is_read() -> None:
+    api, publisher = FakeApi(created()), FakePublisher()
+    body = b'{"name": "w"}'
+    worker = pipeline(api, publisher, max_command_bytes=1024)
+    padded = body + b" " * (1024 - len(body))
+    await worker.handle(
+        SPEC, Delivery(body=padded, routing_key="workspace.create", message_id="b2")
+    )
+    assert [event["type"] for event in publisher.published] == ["workspace.created"]
+
+
+async def test_a_result_too_large_for_an_event_is_a_failure_naming_the_id() -> None:
+    big = {**WORKSPACE, "description": "d" * 100_000}
+    api, publisher = FakeApi(ApiResponse(201, {"workspace": big}, 1)), FakePublisher()
+    worker = pipeline(api, publisher, max_event_bytes=65536)
+    await worker.handle(SPEC, delivery())
+    await worker.handle(SPEC, delivery())
+    assert len(api.requests) == 1
+    first, again = publisher.published
+    assert first == again, "the failure is the recorded outcome"
+    assert first["type"] == "workspace.create.failed"
+    error = first["error"]
+    assert (error["code"], error["status"], error["target"]) == ("ResultTooLarge", 201, "w1")
+    assert "MAX_EVENT_BYTES (65536 bytes)" in error["message"]
+    assert first["attempts"] == 1
+    assert publisher.dead == ["ResultTooLarge"]
