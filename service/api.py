@@ -203,18 +203,28 @@ class ApiClient:
                     raise tries.exhausted(error) from None
                 await asyncio.sleep(tries.wait(error))
 
-    async def _attempt(
-        self, request: ApiRequest, tries: _Tries, before_sending: BeforeSending | None
-    ) -> ApiResponse:
-        metrics, tracing = self._metrics, self._tracing
+    async def _wait_for_budget(self, request: ApiRequest) -> None:
+        """The next slot of the budget for this attempt, in the request's class."""
+        metrics = self._metrics
+        if not self._tokens.held:
+            # The process's first calls: fetch before the wait. Behind one fetch after it, a
+            # burst's slots and the next few would leave together, more than the budget allows
+            # in a second at the API. A token lives far longer than a wait; it is taken again.
+            await self._tokens.token()
         waiting = metrics.limiter_waiting.labels(request.priority)
         waiting.inc()
         try:
-            with tracing.span("budget wait"):
+            with self._tracing.span("budget wait"):
                 metrics.limiter_wait.observe(await self._limiter.acquire(request.priority))
         finally:
             waiting.dec()
         metrics.budget_used.labels(request.priority).inc()
+
+    async def _attempt(
+        self, request: ApiRequest, tries: _Tries, before_sending: BeforeSending | None
+    ) -> ApiResponse:
+        metrics, tracing = self._metrics, self._tracing
+        await self._wait_for_budget(request)
         # After the wait: the token is fresh when the request leaves. A fetch here delays
         # this one send; it happens once per token lifetime for the whole process.
         token = await self._tokens.token()

@@ -87,6 +87,11 @@ class TokenProvider:
                 self._token = current
             return current.value
 
+    @property
+    def held(self) -> bool:
+        """A token was fetched and not refused since (it may be due for a refresh)."""
+        return self._token is not None
+
     def invalidate(self, rejected: str) -> None:
         """Drop the token the API refused, unless a caller has already replaced it."""
         if self._token is not None and self._token.value == rejected:
