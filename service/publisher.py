@@ -23,6 +23,7 @@ event larger than MAX_EVENT_BYTES is never sent at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -83,6 +84,11 @@ until `reopen_wait` is spent. Treated as a crash, a nack sent the command back t
 once, and each redelivery met the same election: five in a second dead-lettered it."""
 FIRST_WAIT = 0.05
 """Seconds before trying again, doubled while the channel is still closed."""
+NACKED_RENEW_SECONDS = 2.0
+"""How long nacks may go on before the channel is replaced. On RabbitMQ 3.10 a channel that
+published to a quorum queue while its leader was lost can stay refused by that queue for good
+(every later publish nacked, minutes on end: tests/integration/test_rabbit_cluster.py saw it
+about one run in two); a new channel is a new publisher to the queue, and is taken at once."""
 
 
 class Refused(Exception):
@@ -193,7 +199,7 @@ class BrokerPublisher:
             return
         except (*REFUSALS, *NOT_TAKEN):
             pass
-        waited, wait = 0.0, FIRST_WAIT
+        waited, wait, nacked = 0.0, FIRST_WAIT, 0.0
         while True:
             await asyncio.sleep(wait)
             waited += wait
@@ -204,9 +210,24 @@ class BrokerPublisher:
                     return
                 except REFUSALS as exc:
                     raise Refused(str(exc) or type(exc).__name__) from None
+                except DeliveryError:
+                    if waited >= self._reopen_wait:
+                        raise
+                    nacked += wait
+                    if nacked >= NACKED_RENEW_SECONDS:
+                        nacked = 0.0
+                        await self._renew_channel()
                 except NOT_TAKEN:
                     if waited >= self._reopen_wait:
                         raise
+
+    async def _renew_channel(self) -> None:
+        """Close the publishing channel under aio-pika: its robust channel opens a new one."""
+        log.warning("the broker keeps refusing publishes on this channel: opening a new one")
+        channel = await self._broker.config.channel_manager.get_channel()
+        with contextlib.suppress(*NOT_TAKEN, *REFUSALS):
+            underlay = await channel.get_underlay_channel()
+            await underlay.close()
 
     async def _to_events(self, event: EncodedEvent) -> None:
         await self._broker.publish(

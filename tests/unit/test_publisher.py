@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -96,6 +97,35 @@ async def test_a_nacked_publish_is_sent_again_until_the_broker_takes_it() -> Non
     broker = FakeBroker({"workspace.created": [nack, nack, nack]})
     event = created()
     await publisher(broker).publish(event, None)
+    assert broker.sent == [("workspace.created", json.loads(event.body))]
+
+
+class StuckChannelBroker(FakeBroker):
+    """Nacks every publish until its channel is closed under aio-pika (then a new one, which
+    the broker takes): RabbitMQ 3.10's quorum queues after a lost leader, on one channel."""
+
+    def __init__(self) -> None:
+        nack = DeliveryError(None, Basic.Nack(delivery_tag=1, multiple=True))
+        super().__init__({"workspace.created": [nack] * 1000})
+        self.renewed = 0
+        self.config = SimpleNamespace(channel_manager=self)
+
+    async def get_channel(self) -> StuckChannelBroker:
+        return self
+
+    async def get_underlay_channel(self) -> StuckChannelBroker:
+        return self
+
+    async def close(self) -> None:
+        self.renewed += 1
+        self.failures.clear()
+
+
+async def test_a_channel_nacked_for_good_is_replaced() -> None:
+    broker = StuckChannelBroker()
+    event = created()
+    await publisher(broker).publish(event, None)
+    assert broker.renewed == 1
     assert broker.sent == [("workspace.created", json.loads(event.body))]
 
 
