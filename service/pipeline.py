@@ -57,6 +57,7 @@ from service.idempotency import (
     OutcomeStore,
     Recorded,
     claim_when_free,
+    new_token,
 )
 from service.jobs import JobFollower
 from service.limits import Limits
@@ -347,7 +348,7 @@ class Pipeline:
         command_id = delivery.message_id or ""
         # One token for every try: a claim that ran but whose answer was lost (Redis went away
         # mid-call) is then found again as ours, not waited out as another holder's lease.
-        token = unsent_token or uuid.uuid4().hex
+        token = unsent_token or new_token()
         while True:
             try:
                 claim = await claim_when_free(

@@ -96,41 +96,48 @@ class Refused(Exception):
 
 
 class Gate:
-    """Publishes go through together; a publish sent again after a failure goes alone."""
+    """Publishes go through together; a publish sent again after a failure goes alone.
+
+    The common case (nobody alone) takes no lock and no await: counters and two events.
+    """
 
     def __init__(self) -> None:
-        self._changed = asyncio.Condition()
         self._together = 0
-        self._alone = False
-        self._waiting_alone = 0
+        self._alone = 0
+        """Publishes waiting to go alone, or going: none goes together meanwhile."""
+        self._one_at_a_time = asyncio.Lock()
+        self._quiet = asyncio.Event()
+        """No publish going together."""
+        self._quiet.set()
+        self._open = asyncio.Event()
+        """No publish waiting to go alone, or going."""
+        self._open.set()
 
     @asynccontextmanager
     async def together(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: not (self._alone or self._waiting_alone))
-            self._together += 1
+        while not self._open.is_set():
+            await self._open.wait()
+        self._together += 1
+        self._quiet.clear()
         try:
             yield
         finally:
-            async with self._changed:
-                self._together -= 1
-                self._changed.notify_all()
+            self._together -= 1
+            if self._together == 0:
+                self._quiet.set()
 
     @asynccontextmanager
     async def alone(self) -> AsyncIterator[None]:
-        async with self._changed:
-            self._waiting_alone += 1
-            try:
-                await self._changed.wait_for(lambda: not self._alone and self._together == 0)
-            finally:
-                self._waiting_alone -= 1
-            self._alone = True
+        self._alone += 1
+        self._open.clear()
         try:
-            yield
+            async with self._one_at_a_time:
+                await self._quiet.wait()
+                yield
         finally:
-            async with self._changed:
-                self._alone = False
-                self._changed.notify_all()
+            self._alone -= 1
+            if self._alone == 0:
+                self._open.set()
 
 
 class BrokerPublisher:
