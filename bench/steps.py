@@ -1,10 +1,11 @@
 """Where a worker's CPU goes, per step of a command's path, from py-spy's collapsed samples.
 
 Each sample is a stack, outermost frame first (`py-spy record --format raw`: one line per
-distinct stack, `frame;frame;...;frame count`). A sample belongs to the innermost step function
-on its stack (the pipeline's own steps, the client calls they make, the log line, the
-metrics), else to the framework around the handler (FastStream and aio-pika taking a message
-in, acking), the broker connection's own reader, or the event loop itself.
+distinct stack, `frame;frame;...;frame count`). A sample belongs to the log line, the metrics or
+tracing when they are on its stack; else to the innermost step function of ours on it (what the
+libraries do below a step is the step's: the claim's redis-py call is the claim); else to the
+framework or connection it is in (FastStream taking a message in, aiormq's reader), else to the
+event loop itself (uvloop runs in C: its sockets and callbacks show as that one frame).
 """
 
 from __future__ import annotations
@@ -14,51 +15,69 @@ from collections import Counter
 
 FRAME = re.compile(r"^(?P<function>[^ ]+) \((?P<file>[^:)]+)(:\d+)?\)$")
 
-# (step, file part, function names or None for any): tried innermost frame first.
-STEPS: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
-    ("log line", "structlog/", None),
-    ("metrics", "prometheus_client/", None),
-    ("tracing", "opentelemetry/", None),
+CROSS_CUTTING: tuple[tuple[str, str], ...] = (
+    ("log line", "structlog/"),
+    ("metrics", "prometheus_client/"),
+    ("tracing", "opentelemetry/"),
+)
+"""Anywhere on the stack, innermost: what a step spends on these is theirs."""
+
+# (step, file part, function names or None for any): the innermost frame of ours that matches.
+OWN: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("enter (delivery, ids)", "service/delivery.py", None),
+    ("enter (delivery, ids)", "service/pipeline.py", ("_enter", "handle")),
     ("validate", "service/pipeline.py", ("_validate",)),
-    ("claim", "service/pipeline.py", ("_claim",)),
-    ("mark sent", "service/pipeline.py", ("before_sending",)),
+    ("validate", "service/commands.py", ("parse", "request")),
+    ("claim", "service/pipeline.py", ("_claim", "_answer_again")),
+    ("claim", "service/idempotency.py", ("claim", "claim_when_free")),
     ("budget", "service/limiter.py", None),
+    ("budget", "service/api.py", ("_wait_for_budget",)),
     ("token", "service/auth.py", None),
     ("breaker", "service/breaker.py", None),
-    ("call (httpx, aiohttp)", "service/api.py", ("_send",)),
+    ("mark sent", "service/idempotency.py", ("mark_sent",)),
+    ("mark sent", "service/pipeline.py", ("before_sending",)),
+    ("call (HTTP)", "service/api.py", ("_send",)),
+    ("call (HTTP)", "service/http_client.py", None),
     ("call (api client)", "service/api.py", None),
-    ("record", "service/pipeline.py", ("_conclude",)),
+    ("record", "service/idempotency.py", ("record", "release")),
     ("lease keeper", "service/idempotency.py", ("_renew_while_held",)),
     ("event", "service/events.py", None),
+    ("follow", "service/jobs.py", None),
+    ("publish", "service/publisher.py", None),
+    ("publish", "service/tracing.py", ("publish_scope",)),
     ("pipeline (own code)", "service/pipeline.py", None),
-    ("receive, ack (FastStream, aio-pika)", "faststream/", None),
-    ("broker connection (aiormq reader)", "aiormq/", None),
-    ("redis-py (outside a step)", "redis/", None),
+    ("pipeline (own code)", "service/app.py", None),
 )
-# Publishing is inside `_conclude`; told apart by the library it goes through.
-PUBLISH_FILES = ("faststream/", "aio_pika/", "aiormq/", "service/publisher.py")
+
+LIBRARIES: tuple[tuple[str, str], ...] = (
+    ("receive, ack (FastStream)", "faststream/"),
+    ("broker I/O (aio-pika, aiormq, pamqp)", "aiormq/"),
+    ("broker I/O (aio-pika, aiormq, pamqp)", "aio_pika/"),
+    ("broker I/O (aio-pika, aiormq, pamqp)", "pamqp/"),
+    ("redis-py outside a step", "redis/"),
+    ("HTTP (aiohttp's own: writing a body, reading an answer)", "aiohttp/"),
+)
+"""Samples with no step function of ours on the stack: the framework and the connections'
+own readers (a delivery coming in, a confirm, an answer being parsed before its caller runs)."""
 
 
 def classify(stack: str) -> str:
     frames = [FRAME.match(frame) for frame in stack.split(";")]
     parsed = [(m["function"], m["file"]) for m in frames if m is not None]
-    for function, file in reversed(parsed):
-        for step, part, names in STEPS:
-            if part in file and (names is None or function in names):
-                if step == "record" and _publishing(parsed):
-                    return "publish (FastStream, aio-pika)"
+    for _, file in reversed(parsed):
+        for step, part in CROSS_CUTTING:
+            if part in file:
                 return step
-    return "event loop, other"
-
-
-def _publishing(frames: list[tuple[str, str]]) -> bool:
-    inside = False
-    for _, file in frames:
-        if "service/publisher.py" in file:
-            inside = True
-        if inside and any(part in file for part in PUBLISH_FILES):
-            return True
-    return False
+    for function, file in reversed(parsed):
+        name = function.rpartition(".")[2]  # py-spy names a method `Class.method`
+        for step, part, names in OWN:
+            if part in file and (names is None or name in names):
+                return step
+    for _, file in reversed(parsed):
+        for step, part in LIBRARIES:
+            if part in file:
+                return step
+    return "event loop (uvloop's C: sockets, callbacks)"
 
 
 def step_samples(collapsed: str) -> Counter[str]:
@@ -74,9 +93,9 @@ def step_table(collapsed: str, cpu_ms_per_command: float) -> str:
     """The share of samples per step, and that share of the measured CPU per command."""
     samples = step_samples(collapsed)
     total = sum(samples.values()) or 1
-    lines = [f"{'step':<40} {'samples':>8} {'share':>7} {'CPU ms/cmd':>11}"]
+    lines = [f"{'step':<56} {'samples':>8} {'share':>7} {'CPU ms/cmd':>11}"]
     lines.append("-" * len(lines[0]))
     for step, count in samples.most_common():
         share = count / total
-        lines.append(f"{step:<40} {count:>8} {share:>6.1%} {share * cpu_ms_per_command:>11.3f}")
+        lines.append(f"{step:<56} {count:>8} {share:>6.1%} {share * cpu_ms_per_command:>11.3f}")
     return "\n".join(lines)
