@@ -11,6 +11,12 @@ here was confirmed. A crash goes back to the queue (after a back-off); a crash i
 the call becomes a `RetriesExhausted` failure event on the queue's last delivery instead, so
 even a poison command ends in one event.
 
+A request that is not safe to repeat is sent at most once: it is marked sent in the command's
+record just before it leaves (`before_sending`, the recovery point), a takeover of an orphan so
+marked concludes it without a call (`_orphaned`), the lease is renewed while the command is held
+(`LeaseKeeper`), and a delivery lost while the request is out leaves its command running to its
+record (`Detached`), which the next delivery publishes (docs/failure-modes.md).
+
 An outage is not a crash: while Redis does not answer, or a circuit breaker is open, the
 command waits here, unacked, and tries again when the dependency is back (`service.outages`);
 it spends none of its deliveries, delays or retries. An outcome the API gave is published and
