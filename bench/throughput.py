@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import sys
@@ -505,11 +506,15 @@ class BudgetRun:
 async def run_budget(bench: Bench) -> list[BudgetRun]:
     rate = bench.options.rate
     assert rate is not None
-    await bench.warm_up(["d"])
+    variants = ["d", TRACED] if bench.options.tracing else ["d"]
+    await bench.warm_up(variants)
     runs = []
-    for latency in bench.options.latencies:
-        progress(f"budget: {bench.options.commands} commands at {rate:g}/s, {latency:g} ms API")
-        result = await bench.measure("d", latency)
+    for latency, variant in itertools.product(bench.options.latencies, variants):
+        progress(
+            f"budget: {bench.options.commands} commands at {rate:g}/s, {latency:g} ms API, "
+            f"{DESCRIPTION[variant]}"
+        )
+        result = await bench.measure(variant, latency)
         arrivals = sorted(t for t, _ in bench.simulator.requests("api"))
         await bench.check_drained()
         steady = arrivals[bench.options.burst :]
@@ -530,7 +535,7 @@ def print_budget(options: Options, runs: Sequence[BudgetRun]) -> None:
     print("Redis/cmd = round trips to its Redis per command (scripts, PINGs), whole run")
     print("utilisation = API calls per second after the burst, over the rate (simulator's log)")
     header = (
-        f"{'API':>6} {'cmd/s':>7} {'CPU share':>10} {'CPU ms/cmd':>11} {'Redis/cmd':>10} "
+        f"{'API':>6} {'':>2} {'cmd/s':>7} {'CPU share':>10} {'CPU ms/cmd':>11} {'Redis/cmd':>10} "
         f"{'utilisation':>12} {'peak RSS':>9}"
     )
     print(header)
@@ -538,7 +543,7 @@ def print_budget(options: Options, runs: Sequence[BudgetRun]) -> None:
     for run in runs:
         m = run.measurement
         print(
-            f"{m.latency_ms:>4g}ms {m.rate:>7.1f} {run.core_share:>10.3f} "
+            f"{m.latency_ms:>4g}ms {m.variant:>2} {m.rate:>7.1f} {run.core_share:>10.3f} "
             f"{m.cpu_per_1000['consumer']:>11.2f} {m.redis_round_trips / m.commands:>10.2f} "
             f"{run.utilisation:>12.4f} {m.peak_rss_mib:>6.0f}MiB"
         )
