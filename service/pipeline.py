@@ -337,10 +337,11 @@ class Pipeline:
     ) -> None:
         """A command already concluded: its recorded event again, and its job followed (again:
         its worker may have stopped between the record and the start)."""
-        # An empty record: the command's only announcement is its job's own events.
-        document = json.loads(recorded.event) if recorded.event else {}
-        if not isinstance(prepared, WorkerError) and "error" not in document:
-            await self._follow(spec, delivery, prepared[0], document.get("result", {}))
+        if spec is not None and spec.follows is not None and not isinstance(prepared, WorkerError):
+            # An empty record: the command's only announcement is its job's own events.
+            document = json.loads(recorded.event) if recorded.event else {}
+            if "error" not in document:
+                await self._follow(spec, delivery, prepared[0], document.get("result", {}))
         if recorded.event:
             await self._publisher.publish(EncodedEvent.parse(recorded.event), delivery.reply_to)
         log.info("duplicate command: answered from its recorded outcome")
