@@ -30,9 +30,11 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from service.app import Worker
+from service.commands import COMMANDS
 from service.producer import Producer
 from service.settings import Settings, load_settings
 from service.simulator import SimulatorHandle
+from service.topology import Topology
 
 CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster's node-to-node port is the client port + 10 000
 
@@ -335,10 +337,37 @@ async def drain_queue(amqp_url: str, queue: str, quiet: float = 1.0) -> list[Any
                 return messages
 
 
+async def purge_work(settings: Settings) -> None:
+    """Empty the work queues `settings` name (commands, job polls, the delays in between).
+
+    The session's vhost outlives each test: a job a test left followed would otherwise be
+    polled by the next test's worker, against that test's simulator.
+    """
+    topology = Topology.from_settings(settings)
+    names = {
+        topology.poll_queue.name,
+        topology.unrouted_queue.name,
+        *(queue.name for _, queue in topology.delays.values()),
+        *(topology.command_queue(spec).name for spec in COMMANDS),
+    }
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in sorted(names):
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                # Never declared under these settings: the refusal closed the channel.
+                channel = await connection.channel()
+                continue
+            await queue.purge()
+
+
 class WorkerProcess:
     """`itwin-worker run` as a subprocess, its log kept in a file for the test to read."""
 
     def __init__(self, settings: Settings, log_path: Any) -> None:
+        self.settings = settings
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(

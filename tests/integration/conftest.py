@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from service.app import Worker
 from service.producer import Producer
+from service.settings import Settings
 from service.simulator import SimulatorConfig, SimulatorHandle, running_simulator
 from tests.support import (
     AMQP_BASE,
@@ -25,6 +26,7 @@ from tests.support import (
     SpawnWorkers,
     StartWorker,
     WorkerProcess,
+    purge_work,
     rabbitmqctl,
     worker_settings,
 )
@@ -115,16 +117,22 @@ def sim(simulator: SimulatorHandle) -> SimulatorHandle:
 
 @pytest.fixture
 async def start_worker(amqp_url: str, sim: SimulatorHandle) -> AsyncIterator[StartWorker]:
-    """Start in-process workers with the test's settings; all are stopped after the test."""
+    """Start in-process workers with the test's settings; all are stopped after the test,
+    and the work they leave behind is purged."""
+    used: list[Settings] = []
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> Worker:
-            worker = Worker(worker_settings(amqp_url, sim, **overrides))
+            settings = worker_settings(amqp_url, sim, **overrides)
+            used.append(settings)
+            worker = Worker(settings)
             await worker.start()
             stack.push_async_callback(worker.stop)
             return worker
 
         yield start
+    for settings in used:
+        await purge_work(settings)
 
 
 @pytest.fixture
@@ -156,3 +164,5 @@ async def spawn_workers(
     yield spawn
     for worker in started:
         worker.stop()
+    for worker in started:
+        await purge_work(worker.settings)
