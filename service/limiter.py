@@ -38,6 +38,8 @@ Priority = Literal["command", "poll"]
 """The class of a call: `command` (someone waits for it) goes before `poll` (background)."""
 PRIORITIES: tuple[Priority, ...] = ("command", "poll")
 MIN_LATENESS_SECONDS = 0.01
+MAX_TICK_SECONDS = 0.05
+"""The longest a waiting command's start is held for its neighbours (`wake_tick`)."""
 POLL_RETURN_GRACE_SECONDS = 0.5
 """How long past its announced return a refused poll still counts as waiting."""
 _WHOLE = 1 - 1e-5
@@ -165,6 +167,30 @@ def pause(buckets: Sequence[Bucket], state: State, until: float) -> State:
     )
 
 
+def wake_tick(buckets: Sequence[Bucket], lateness: float) -> float:
+    """The tick on which callers that had to wait wake, so that a few commands leave together
+    and the event loop wakes once for them, not once per slot: at the top tier's budget this
+    cut the worker's CPU per command by a fifth (bench/README.md). 0: every caller wakes on its
+    own slot.
+
+    A caller holds its start past its slot by less than the tick plus the lateness allowed.
+    Only a caller that waited is held, and after its slot the first bucket's tokens were spent
+    (it is the bucket that made it wait), so a window that a held start slides into sees at
+    most 1 + rate * (window + hold) starts: within burst + rate * window while rate * hold stays
+    below burst - 1. Bursts of 1 (nothing to spare) get no tick.
+    """
+    first = buckets[0]
+    spare = (first.burst - 1) * first.interval - lateness
+    return max(0.0, min(MAX_TICK_SECONDS, spare))
+
+
+def on_tick(moment: float, tick: float) -> float:
+    """The first tick at or after `moment` (a moment already on a tick stays)."""
+    if tick <= 0:
+        return moment
+    return math.ceil(moment / tick - 1e-9) * tick
+
+
 @dataclass(frozen=True)
 class Reservation:
     """A start slot `wait` seconds ahead, as the store gave it.
@@ -230,6 +256,7 @@ class _SleepingLimiter:
         # Half an interval, but never below what a Redis round trip and a busy loop cost:
         # at high rates a tighter bound would never let anyone through.
         self._lateness_allowed = max(self._buckets[0].interval / 2, MIN_LATENESS_SECONDS)
+        self._tick = wake_tick(self._buckets, self._lateness_allowed)
 
     async def acquire(self, priority: Priority = "command") -> float:
         started = self._timer()
@@ -243,13 +270,17 @@ class _SleepingLimiter:
             asked = self._timer()
             wait, epoch = await self._reserve()
             slot = Reservation(asked, self._timer(), wait, epoch)
+            held = 0.0
             if slot.wait > 0:
-                await self._sleep(max(slot.answered + slot.wait - self._timer(), 0.0))
+                due = slot.answered + slot.wait
+                woken = on_tick(due, self._tick)
+                held = woken - due
+                await self._sleep(max(woken - self._timer(), 0.0))
                 # A 429 seen by any replica while we slept invalidates our reservation, and so
                 # does a failover of the store that may have lost it.
                 if not await self._holds(slot):
                     continue
-            if self._timer() - (slot.asked + slot.wait) <= allowed:
+            if self._timer() - (slot.asked + slot.wait + held) <= allowed:
                 return self._timer() - started
             allowed *= 2
 

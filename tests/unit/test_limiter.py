@@ -19,9 +19,11 @@ from service.limiter import (
     Priority,
     State,
     buckets_for,
+    on_tick,
     pause,
     reserve,
     take,
+    wake_tick,
 )
 
 
@@ -63,6 +65,44 @@ def test_no_window_exceeds_rate_times_window_plus_burst(seed: int, window: float
     assert all(start >= now for start, now in zip(starts, arrivals, strict=True))
     assert starts == sorted(starts), "callers are served in arrival order"
     assert max_in_window(starts, window) <= rate * window + burst
+
+
+def test_the_wake_tick_fits_in_the_burst_left_over() -> None:
+    assert wake_tick((Bucket(rate=83, burst=10),), lateness=0.01) == pytest.approx(0.05)
+    # 500 a minute, burst 5: (5 - 1) * 0.12 s - 0.06 s is more than the longest tick.
+    assert wake_tick(buckets_for(500 / 60, 5, per_hour=5000), lateness=0.06) == 0.05
+    assert wake_tick((Bucket(rate=100, burst=2),), lateness=0.01) == 0.0
+    assert wake_tick((Bucket(rate=3, burst=1),), lateness=0.01) == 0.0
+    assert on_tick(100.25, 0.05) == pytest.approx(100.25)
+    assert on_tick(100.2501, 0.05) == pytest.approx(100.3)
+    assert on_tick(7.3, 0.0) == 7.3
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_starts_held_for_the_tick_keep_every_window(seed: int) -> None:
+    rng = random.Random(seed)
+    rate, burst, per_hour = rng.choice(
+        [(83.0, 10, None), (20.0, 5, None), (500 / 60, 5, 5000), (100.0, 50, None), (3.0, 1, None)]
+    )
+    buckets = buckets_for(rate, burst, per_hour=per_hour)
+    lateness = max(buckets[0].interval / 2, 0.01)
+    tick = wake_tick(buckets, lateness)
+    # Arrivals in clumps with idle gaps: bursts spent, backlogs, refills.
+    arrivals: list[float] = []
+    now = 0.0
+    for _ in range(rng.randint(5, 30)):
+        now += rng.choice([0.0, 0.3, 1.0, 4.0])
+        arrivals += [now + rng.uniform(0, 0.5) for _ in range(rng.randint(1, 120))]
+    state = State.empty(buckets)
+    starts = []
+    for arrival in sorted(arrivals):
+        start, state = reserve(buckets, state, arrival)
+        # Only a caller that waited is held. The tick leaves room for waking up to `lateness`
+        # late too (with no tick, lateness is the excess the limiter's docstring accepts).
+        held = on_tick(start, tick) if start > arrival else start
+        starts.append(held + (rng.uniform(0, lateness) if tick else 0.0))
+    for window in (0.05, 0.2, 1.0, 5.0):
+        assert max_in_window(starts, window) <= rate * window + burst
 
 
 def test_backlog_drains_at_the_rate() -> None:
@@ -130,6 +170,22 @@ async def test_local_limiter_sleeps_once_per_caller_without_polling() -> None:
     waits = [await limiter.acquire() for _ in range(5)]
     assert waits == pytest.approx([0.0, 0.0, 0.25, 0.25, 0.25])
     assert clock.sleeps == pytest.approx([0.25, 0.25, 0.25])
+
+
+async def test_callers_that_wait_wake_on_a_common_tick() -> None:
+    clock = FakeClock()
+    limiter = LocalLimiter((Bucket(rate=83, burst=10),), clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        assert await limiter.acquire() == 0.0
+    woken = []
+    for _ in range(8):
+        await limiter.acquire()
+        woken.append(round(clock.now, 6))
+    # Slots 12 ms apart; each start held to the next 50 ms tick, never before its slot.
+    assert all(round(moment / 0.05, 6).is_integer() for moment in woken)
+    slots = [100.0 + i / 83 for i in range(1, 9)]
+    assert all(start >= slot - 1e-9 for start, slot in zip(woken, slots, strict=True))
+    assert all(start - slot < 0.05 for start, slot in zip(woken, slots, strict=True))
 
 
 async def test_local_limiter_pause_delays_the_next_caller() -> None:
