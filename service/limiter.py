@@ -170,14 +170,15 @@ def pause(buckets: Sequence[Bucket], state: State, until: float) -> State:
 def wake_tick(buckets: Sequence[Bucket], lateness: float) -> float:
     """The tick on which callers that had to wait wake, so that a few commands leave together
     and the event loop wakes once for them, not once per slot: at the top tier's budget this
-    cut the worker's CPU per command by a fifth (bench/README.md). 0: every caller wakes on its
-    own slot.
+    cut the worker's CPU per command by about a quarter (bench/README.md). 0: every caller wakes
+    on its own slot.
 
     A caller holds its start past its slot by less than the tick plus the lateness allowed.
-    Only a caller that waited is held, and after its slot the first bucket's tokens were spent
-    (it is the bucket that made it wait), so a window that a held start slides into sees at
-    most 1 + rate * (window + hold) starts: within burst + rate * window while rate * hold stays
-    below burst - 1. Bursts of 1 (nothing to spare) get no tick.
+    Only a caller that waited is held. When the first bucket made it wait, that bucket was empty
+    after its slot, so a window a held start slides into sees at most 1 + rate * (window + hold)
+    starts: within burst + rate * window while rate * hold is at most burst - 1. When a pause or
+    a slower bucket made it wait, starts are that far apart anyway. Bursts of 1 (nothing to
+    spare) get no tick.
     """
     first = buckets[0]
     spare = (first.burst - 1) * first.interval - lateness
