@@ -337,30 +337,36 @@ async def drain_queue(amqp_url: str, queue: str, quiet: float = 1.0) -> list[Any
                 return messages
 
 
-async def purge_work(settings: Settings) -> None:
-    """Empty the work queues `settings` name (commands, job polls, the delays in between).
+async def purge_work(used: Sequence[Settings]) -> None:
+    """Empty the work queues the `used` settings name (commands, job polls, the delays in
+    between), each queue once however many workers shared it.
 
     The session's vhost outlives each test: a job a test left followed would otherwise be
     polled by the next test's worker, against that test's simulator.
     """
-    topology = Topology.from_settings(settings)
-    names = {
-        topology.poll_queue.name,
-        topology.unrouted_queue.name,
-        *(queue.name for _, queue in topology.delays.values()),
-        *(topology.command_queue(spec).name for spec in COMMANDS),
-    }
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for name in sorted(names):
-            try:
-                queue = await channel.declare_queue(name, passive=True)
-            except aio_pika.exceptions.ChannelClosed:
-                # Never declared under these settings: the refusal closed the channel.
-                channel = await connection.channel()
-                continue
-            await queue.purge()
+    queues: dict[str, set[str]] = {}
+    for settings in used:
+        topology = Topology.from_settings(settings)
+        queues.setdefault(settings.amqp_url, set()).update(
+            {
+                topology.poll_queue.name,
+                topology.unrouted_queue.name,
+                *(queue.name for _, queue in topology.delays.values()),
+                *(topology.command_queue(spec).name for spec in COMMANDS),
+            }
+        )
+    for amqp_url, names in queues.items():
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for name in sorted(names):
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    # Never declared under these settings: the refusal closed the channel.
+                    channel = await connection.channel()
+                    continue
+                await queue.purge()
 
 
 class WorkerProcess:

@@ -131,8 +131,7 @@ async def start_worker(amqp_url: str, sim: SimulatorHandle) -> AsyncIterator[Sta
             return worker
 
         yield start
-    for settings in used:
-        await purge_work(settings)
+    await purge_work(used)
 
 
 @pytest.fixture
@@ -164,5 +163,4 @@ async def spawn_workers(
     yield spawn
     for worker in started:
         worker.stop()
-    for worker in started:
-        await purge_work(worker.settings)
+    await purge_work([worker.settings for worker in started])
