@@ -128,9 +128,9 @@ class Worker:
         )
         # Consumer spans (continuing a command's traceparent) and the trace context on every
         # publish; on a broker handed in too, so its publishes carry the same headers.
-        for middleware in self.tracing.middlewares(_span_names(self.topology)):
-            self.broker.add_middleware(middleware)
-            self.publishing.add_middleware(middleware)
+        middleware = self.tracing.middleware(_span_names(self.topology))
+        self.broker.add_middleware(middleware)
+        self.publishing.add_middleware(middleware)
         self.limits = Limits(
             settings.max_command_bytes, settings.max_response_bytes, settings.max_event_bytes
         )

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import uvloop
 
-from service import configuration_doc, contract, logs, simulator
+from service import configuration_doc, contract, heap, logs, simulator
 from service.app import Worker
 from service.commands import BY_ROUTING_KEY
 from service.dlq import DeadLetters, amqp_user
@@ -56,6 +56,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         await worker.start()
     except (OSError, ConnectionError) as exc:
         return _broker_unreachable(settings, exc)
+    heap.settle()
     await stop.wait()
     await worker.stop()
     return 0

@@ -1,10 +1,10 @@
 """OpenTelemetry tracing: the SDK set up from the standard `OTEL_*` variables, and the spans.
 
-The broker side is FastStream's `TelemetryMiddleware` (a consumer span per delivery, from
-delivery to ack, continuing the command's `traceparent`; the trace context injected into every
-`broker.publish`), with attributes of our own: FastStream's Rabbit defaults record the message
-id, the correlation id, the delivery tag and raw routing keys (a `reply_to` queue name, a
-hostile routing key on the unrouted queue), and no id may be an attribute here.
+The broker side is a FastStream middleware of ours (`MessageTracing`): a consumer span per
+delivery continuing the command's `traceparent`, a producer span per `broker.publish` whose
+context the message carries. Its attributes name no id (FastStream's own Rabbit attributes
+record the message id, the correlation id, the delivery tag and raw routing keys: a `reply_to`
+queue name, a hostile routing key on the unrouted queue).
 
 The API side is our own span around each attempt rather than opentelemetry-instrumentation-httpx:
 that one records `url.full` (which holds job, workspace and iTwin ids) and captures request
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
-from faststream import BaseMiddleware
+from faststream import BaseMiddleware, ContextRepo
 from faststream.message import StreamMessage
-from faststream.opentelemetry import TelemetryMiddleware
-from faststream.rabbit.opentelemetry.provider import RabbitTelemetrySettingsProvider
 from faststream.rabbit.response import RabbitPublishCommand
-from faststream.types import AsyncFuncAny
-from opentelemetry import context, metrics, propagate, trace
+from faststream.types import AsyncFuncAny, BrokerMiddleware
+from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -42,6 +41,7 @@ from structlog.typing import EventDict, WrappedLogger
 from service.settings import Settings
 
 INSTRUMENTATION = "itwin_worker"
+MESSAGING_SYSTEM = "rabbitmq"
 OTHER = "other"
 """What a destination outside the worker's own names is called in span names and attributes."""
 
@@ -84,25 +84,10 @@ class Tracing:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         return cls(provider)
 
-    def middlewares(
-        self, names: Iterable[str]
-    ) -> (
-        tuple[type[TraceHeaderGuard], TelemetryMiddleware[RabbitPublishCommand]]
-        | tuple[type[PropagationOnly]]
-    ):
-        """The broker middlewares, outermost first: the guard and FastStream's telemetry
-        middleware (destinations outside `names` being `other`); with no SDK, one
-        `PropagationOnly`, each FastStream middleware costing its share per message."""
-        if not self.recording:
-            return (PropagationOnly,)
-        attributes = BoundedRabbitAttributes(frozenset(names))
-        telemetry = TelemetryMiddleware[RabbitPublishCommand](
-            settings_provider_factory=lambda _: attributes,
-            tracer_provider=self.provider,
-            # Metrics are Prometheus's (service.metrics); no OpenTelemetry meter runs.
-            meter_provider=metrics.NoOpMeterProvider(),
-        )
-        return TraceHeaderGuard, telemetry
+    def middleware(self, names: Iterable[str]) -> BrokerMiddleware[Any, RabbitPublishCommand]:
+        """The broker middleware: `MessageTracing` with this tracing, destinations outside
+        `names` being `other` in span names and attributes."""
+        return partial(MessageTracing, tracing=self, names=BrokerNames(frozenset(names)))
 
     @contextmanager
     def span(
@@ -180,80 +165,92 @@ def add_trace_ids(logger: WrappedLogger, method: str, event_dict: EventDict) -> 
     return event_dict
 
 
-class TraceHeaderGuard(BaseMiddleware):
-    """Drops trace headers that are not strings before the telemetry middleware reads them.
-
-    AMQP headers are typed: a producer can send `traceparent` as a number, bytes or a table,
-    and OpenTelemetry's propagators raise on anything but text, which would crash every
-    delivery of that command before the pipeline saw it. Such a header is ignored like any
-    invalid one (a new trace). It has to be outside the telemetry middleware: registered first.
-    """
-
-    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
-        drop_untyped_trace_headers(msg.headers)
-        return await call_next(msg)
-
-
 def drop_untyped_trace_headers(headers: dict[str, Any]) -> None:
-    """Trace headers that are not text are ignored like invalid ones (`TraceHeaderGuard`)."""
+    """Trace headers that are not text are ignored like invalid ones: AMQP headers are typed,
+    a producer can send `traceparent` as a number, bytes or a table, and OpenTelemetry's
+    propagators raise on anything but text, which would crash every delivery of that command
+    before the pipeline saw it."""
     for name in TRACE_HEADERS:
         if name in headers and not isinstance(headers[name], str):
             # The same mapping as the delivery's: its republished copies drop it too.
             del headers[name]
 
 
-class PropagationOnly(BaseMiddleware[RabbitPublishCommand]):
-    """Without an SDK: the incoming trace context (and baggage) is the current one while the
-    message is handled, and every publish carries it. That is what FastStream's telemetry
-    middleware does with a no-op tracer, without its per-message spans, meters and scopes."""
+class MessageTracing(BaseMiddleware[RabbitPublishCommand, Any]):
+    """Per message: the command's trace context (and baggage) is the current one while it is
+    handled, under a consumer span `<exchange>.<routing key> process`; each publish goes out
+    under a producer span `<exchange>.<routing key> publish` whose context it carries. With no
+    SDK, only the context: no span, no name or attribute built.
+
+    Ours rather than FastStream's `TelemetryMiddleware`: that one built a `create` span beside
+    each publish (and each command without a `traceparent`), metric instruments and context
+    scopes per message, costing 0.4-0.6 CPU-ms per command at the top tier's budget even with
+    `always_off` sampling, where these two spans cost 0.1 (bench/README.md). Exceptions are
+    not recorded on them (`Tracing.span`), and no id is an attribute (`BrokerNames`).
+    """
+
+    __slots__ = ("names", "tracing")
+
+    def __init__(
+        self, msg: Any, /, *, context: ContextRepo, tracing: Tracing, names: BrokerNames
+    ) -> None:
+        super().__init__(msg, context=context)
+        self.tracing = tracing
+        self.names = names
 
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
         drop_untyped_trace_headers(msg.headers)
         token = context.attach(propagate.extract(msg.headers))
         try:
-            return await call_next(msg)
+            if not self.tracing.recording:
+                return await call_next(msg)
+            name, attributes = self.names.consumed(msg)
+            with self.tracing.span(name, kind=SpanKind.CONSUMER, attributes=attributes):
+                return await call_next(msg)
         finally:
             context.detach(token)
 
     async def publish_scope(
         self, call_next: Callable[[RabbitPublishCommand], Awaitable[Any]], cmd: RabbitPublishCommand
     ) -> Any:
-        propagate.inject(cmd.headers)
-        return await call_next(cmd)
+        if not self.tracing.recording:
+            propagate.inject(cmd.headers)
+            return await call_next(cmd)
+        name, attributes = self.names.published(cmd)
+        with self.tracing.span(name, kind=SpanKind.PRODUCER, attributes=attributes):
+            propagate.inject(cmd.headers)
+            return await call_next(cmd)
 
 
-class BoundedRabbitAttributes(RabbitTelemetrySettingsProvider):
-    """FastStream's Rabbit span attributes without ids: no message id, correlation id or
-    delivery tag, and exchange and routing key only when they are the worker's own names."""
+class BrokerNames:
+    """Span names and attributes of the broker side (OpenTelemetry's messaging conventions for
+    RabbitMQ) without ids: no message id, correlation id or delivery tag, and exchange and
+    routing key only when they are the worker's own names, else `other` (a `reply_to` queue, a
+    hostile routing key on the unrouted queue)."""
 
     def __init__(self, names: frozenset[str]) -> None:
-        super().__init__()
         self._names = names
 
     def bounded(self, name: str | None) -> str:
         return name if name and name in self._names else OTHER
 
-    def get_consume_attrs_from_message(self, msg: StreamMessage[Any]) -> dict[str, Any]:
+    def consumed(self, msg: StreamMessage[Any]) -> tuple[str, dict[str, str | int]]:
         raw = msg.raw_message
-        return {
-            "messaging.system": self.messaging_system,
-            "messaging.rabbitmq.destination.routing_key": self.bounded(raw.routing_key),
+        exchange, key = self.bounded(raw.exchange or "default"), self.bounded(raw.routing_key)
+        return f"{exchange}.{key} process", {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation": "process",
+            "messaging.rabbitmq.destination.routing_key": key,
             "messaging.destination_publish.name": self.bounded(raw.exchange),
             "messaging.message.body.size": len(msg.body),
         }
 
-    def get_consume_destination_name(self, msg: StreamMessage[Any]) -> str:
-        raw = msg.raw_message
-        exchange = raw.exchange or "default"
-        return f"{self.bounded(exchange)}.{self.bounded(raw.routing_key)}"
-
-    def get_publish_attrs_from_cmd(self, cmd: RabbitPublishCommand) -> dict[str, Any]:
-        return {
-            "messaging.system": self.messaging_system,
-            "messaging.destination.name": self.bounded(cmd.exchange.name or "default"),
-            "messaging.rabbitmq.destination.routing_key": self.bounded(cmd.destination),
+    def published(self, cmd: RabbitPublishCommand) -> tuple[str, dict[str, str | int]]:
+        exchange = self.bounded(cmd.exchange.name or "default")
+        key = self.bounded(cmd.destination)
+        return f"{exchange}.{key} publish", {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation": "publish",
+            "messaging.destination.name": exchange,
+            "messaging.rabbitmq.destination.routing_key": key,
         }
-
-    def get_publish_destination_name(self, cmd: RabbitPublishCommand) -> str:
-        exchange = cmd.exchange.name or "default"
-        return f"{self.bounded(exchange)}.{self.bounded(cmd.destination)}"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from service.app import Worker
 from service.producer import Producer
@@ -187,10 +188,12 @@ async def test_a_command_trace_goes_on_to_the_api_the_event_and_the_exporter(
         "itwin.attempt": 1,
         "http.response.status_code": 201,
     }
-    # The event's traceparent is a span of the command's: FastStream's publish.
+    # The event's traceparent is the span that published it, a child of the command's; the
+    # reply queue's name is not one of the worker's.
     published = by_id[event_span]
     assert published.parent_id == command.span_id
-    assert any(s.parent_id == published.span_id and "publish" in s.name for s in spans)
+    assert (published.name, published.kind) == ("default.other publish", Span.SPAN_KIND_PRODUCER)
+    assert "itwin.events.workspace.created publish" in children
     get_attempt = next(s for s in spans if s.name.startswith("GET "))
     assert get_attempt.attributes["http.route"] == "/contextcapture/workspaces/{workspaceId}"
 

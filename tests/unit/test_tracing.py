@@ -24,7 +24,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 from service.tracing import (
     OTHER,
-    BoundedRabbitAttributes,
+    BrokerNames,
     Tracing,
     add_trace_ids,
     carrier,
@@ -118,30 +118,34 @@ def message(exchange: str, routing_key: str) -> Any:
     )
 
 
-def test_broker_attributes_name_only_the_worker_s_own_destinations() -> None:
-    attributes = BoundedRabbitAttributes(frozenset({"itwin.commands", "workspace.create"}))
-    consumed = attributes.get_consume_attrs_from_message(
-        message("itwin.commands", "workspace.create")
+def test_broker_spans_name_only_the_worker_s_own_destinations() -> None:
+    names = BrokerNames(frozenset({"itwin.commands", "workspace.create"}))
+    consumed = names.consumed(message("itwin.commands", "workspace.create"))
+    assert consumed == (
+        "itwin.commands.workspace.create process",
+        {
+            "messaging.system": "rabbitmq",
+            "messaging.operation": "process",
+            "messaging.rabbitmq.destination.routing_key": "workspace.create",
+            "messaging.destination_publish.name": "itwin.commands",
+            "messaging.message.body.size": 2,
+        },
     )
-    assert consumed == {
-        "messaging.system": "rabbitmq",
-        "messaging.rabbitmq.destination.routing_key": "workspace.create",
-        "messaging.destination_publish.name": "itwin.commands",
-        "messaging.message.body.size": 2,
-    }
-    hostile = message("itwin.commands", "job.7f3e0c.secret")
-    assert attributes.get_consume_destination_name(hostile) == f"itwin.commands.{OTHER}"
-    assert OTHER in attributes.get_consume_attrs_from_message(hostile).values()
+    name, attributes = names.consumed(message("itwin.commands", "job.7f3e0c.secret"))
+    assert name == f"itwin.commands.{OTHER} process"
+    assert attributes["messaging.rabbitmq.destination.routing_key"] == OTHER
     reply = SimpleNamespace(
         exchange=RabbitExchange(""), destination="amq.rabbitmq.reply-to.g1h2AA", correlation_id="c"
     )
-    published = attributes.get_publish_attrs_from_cmd(reply)  # type: ignore[arg-type]
-    assert published == {
-        "messaging.system": "rabbitmq",
-        "messaging.destination.name": OTHER,
-        "messaging.rabbitmq.destination.routing_key": OTHER,
-    }
-    assert attributes.get_publish_destination_name(reply) == f"{OTHER}.{OTHER}"  # type: ignore[arg-type]
+    assert names.published(reply) == (  # type: ignore[arg-type]
+        f"{OTHER}.{OTHER} publish",
+        {
+            "messaging.system": "rabbitmq",
+            "messaging.operation": "publish",
+            "messaging.destination.name": OTHER,
+            "messaging.rabbitmq.destination.routing_key": OTHER,
+        },
+    )
 
 
 @pytest.mark.parametrize(
