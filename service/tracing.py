@@ -19,9 +19,9 @@ worker has no spans of its own to put there); without one, none is sent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 from faststream import BaseMiddleware, ContextRepo
@@ -34,7 +34,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Link, Span, SpanKind, Tracer
+from opentelemetry.trace import Link, Span, SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from structlog.typing import EventDict, WrappedLogger
 
@@ -89,38 +89,70 @@ class Tracing:
         `names` being `other` in span names and attributes."""
         return partial(MessageTracing, tracing=self, names=BrokerNames(frozenset(names)))
 
-    @contextmanager
     def span(
         self,
         name: str,
         *,
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Mapping[str, str | int] | None = None,
-        links: Iterable[Link] = (),
-    ) -> Iterator[Span]:
-        """A child of the current span; with no SDK, the current (non-recording) span itself,
-        so the context propagated stays the incoming one and nothing is spent.
+        links: Sequence[Link] | None = None,
+    ) -> SpanScope | CurrentSpan:
+        """A child of the current span, current while the `with` block runs; with no SDK, the
+        current (non-recording) span itself, so the context propagated stays the incoming one
+        and nothing is spent.
 
-        Exceptions are not recorded on the span (their messages may quote the API's answer,
-        which can name ids); callers set `error.type` instead.
+        An exception marks the span an error with the exception's type only: neither its
+        message nor the exception is recorded (it may quote the API's answer, which can name
+        ids); callers set `error.type`.
         """
         if not self.recording:
-            yield trace.get_current_span()
-            return
-        with self.tracer.start_as_current_span(
-            name,
-            kind=kind,
-            attributes=attributes,
-            links=list(links),
-            record_exception=False,
-            set_status_on_exception=True,
-        ) as span:
-            yield span
+            return CURRENT_SPAN
+        return SpanScope(
+            self.tracer.start_span(name, kind=kind, attributes=attributes, links=links)
+        )
 
     def shutdown(self) -> None:
         """Export what is buffered (blocks up to the exporter's timeout)."""
         if isinstance(self.provider, TracerProvider):
             self.provider.shutdown()
+
+
+class SpanScope:
+    """A started span made current until the block ends, then ended: what the SDK's
+    `start_as_current_span` does, without its three generator-based context managers (about
+    8 µs of the 32 µs a span cost in a microbenchmark, for four spans per command)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        self.token = context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
+    ) -> None:
+        context.detach(self.token)
+        if kind is not None:
+            self.span.set_status(StatusCode.ERROR, kind.__name__)
+        self.span.end()
+
+
+class CurrentSpan:
+    """With no SDK: the current span as it is (the incoming context's, or an invalid one)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return trace.get_current_span()
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+CURRENT_SPAN = CurrentSpan()
 
 
 def http_attributes(

@@ -13,6 +13,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from pydantic import SecretStr
 
 from service.api import ApiClient, RetryPolicy
@@ -178,3 +179,15 @@ def test_log_lines_carry_the_active_span_s_ids_and_polls_link_to_it() -> None:
     (link,) = link_to(stored)
     assert link.context.span_id == context.span_id
     assert link_to({"traceparent": "00-garbage-01"}) == []
+
+
+def test_a_failed_span_names_the_exception_s_type_not_its_message() -> None:
+    tracing, exporter = recording()
+    with pytest.raises(ValueError, match="no job"), tracing.span("work"):
+        raise ValueError(f"the API said: no job {JOB_ID}")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "ValueError"
+    assert not span.events
+    # The span was current inside the block only.
+    assert not trace.get_current_span().get_span_context().is_valid
