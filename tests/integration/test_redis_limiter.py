@@ -262,3 +262,34 @@ async def test_a_sleeper_learns_of_another_replicas_pause_and_fresh_answers_spar
     # Arriving twice as fast as the budget: each sleeps, while the others keep reserving.
     await asyncio.gather(*(caller(i / 400) for i in range(200)))
     assert 0 < checks < 50, f"{checks} of 200 callers asked again"
+
+
+async def test_sleepers_waking_on_one_tick_share_one_check(redis: Redis, redis_prefix: str) -> None:
+    """At 40/s with a burst of 10 (a 100 ms tick, slots 25 ms apart), twelve callers that wait
+    after the burst wake on three or four ticks, each time with the newest answer older than
+    allowed: about one check per tick, not one per caller (twelve), and a caller cancelled while it
+    waits leaves the check to the others."""
+    limiter = RedisLimiter(redis, RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}"),
+                           (Bucket(rate=40, burst=10),))  # fmt: skip
+    checks = 0
+    run = limiter._run
+
+    async def counted(mode: str, seconds: float = 0.0) -> tuple[float, str, bool]:
+        nonlocal checks
+        if mode == "check":
+            checks += 1
+            await asyncio.sleep(0.003)  # a slower store, within the lateness allowed (12.5 ms)
+        return await run(mode, seconds)
+
+    limiter._run = counted  # type: ignore[method-assign]
+    for _ in range(10):
+        await limiter.acquire()
+    sleepers = [asyncio.create_task(limiter.acquire()) for _ in range(12)]
+    while not checks:
+        await asyncio.sleep(0.001)
+    next(sleeper for sleeper in sleepers if not sleeper.done()).cancel()
+    done = await asyncio.gather(*sleepers, return_exceptions=True)
+    cancelled = [d for d in done if isinstance(d, asyncio.CancelledError)]
+    assert len(cancelled) == 1
+    assert all(isinstance(wait, float) for wait in done if wait not in cancelled)
+    assert 1 <= checks <= 6, f"{checks} checks for 12 sleepers"

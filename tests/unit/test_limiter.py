@@ -68,9 +68,10 @@ def test_no_window_exceeds_rate_times_window_plus_burst(seed: int, window: float
 
 
 def test_the_wake_tick_fits_in_the_burst_left_over() -> None:
-    assert wake_tick((Bucket(rate=83, burst=10),), lateness=0.01) == pytest.approx(0.05)
+    # The top tier: (10 - 1) / 83 s - 0.01 s = 98 ms, under the longest tick.
+    assert wake_tick((Bucket(rate=83, burst=10),), lateness=0.01) == pytest.approx(9 / 83 - 0.01)
     # 500 a minute, burst 5: (5 - 1) * 0.12 s - 0.06 s is more than the longest tick.
-    assert wake_tick(buckets_for(500 / 60, 5, per_hour=5000), lateness=0.06) == 0.05
+    assert wake_tick(buckets_for(500 / 60, 5, per_hour=5000), lateness=0.06) == 0.1
     assert wake_tick((Bucket(rate=100, burst=2),), lateness=0.01) == 0.0
     assert wake_tick((Bucket(rate=3, burst=1),), lateness=0.01) == 0.0
     assert on_tick(100.25, 0.05) == pytest.approx(100.25)
@@ -168,8 +169,9 @@ async def test_local_limiter_sleeps_once_per_caller_without_polling() -> None:
     clock = FakeClock()
     limiter = LocalLimiter((Bucket(rate=4, burst=2),), clock=clock, sleep=clock.sleep)
     waits = [await limiter.acquire() for _ in range(5)]
-    assert waits == pytest.approx([0.0, 0.0, 0.25, 0.25, 0.25])
-    assert clock.sleeps == pytest.approx([0.25, 0.25, 0.25])
+    # Slots at 100.25, 100.5 and 100.75, each start held to the next 100 ms tick; one sleep each.
+    assert waits == pytest.approx([0.0, 0.0, 0.3, 0.2, 0.3])
+    assert clock.sleeps == pytest.approx([0.3, 0.2, 0.3])
 
 
 async def test_callers_that_wait_wake_on_a_common_tick() -> None:
@@ -180,12 +182,14 @@ async def test_callers_that_wait_wake_on_a_common_tick() -> None:
     woken = []
     for _ in range(8):
         await limiter.acquire()
-        woken.append(round(clock.now, 6))
-    # Slots 12 ms apart; each start held to the next 50 ms tick, never before its slot.
-    assert all(round(moment / 0.05, 6).is_integer() for moment in woken)
+        woken.append(clock.now)
+    # Slots 12 ms apart; each start held to the next tick (98 ms here), never before its slot.
+    tick = wake_tick((Bucket(rate=83, burst=10),), lateness=0.01)
+    assert all(abs(moment / tick - round(moment / tick)) < 1e-6 for moment in woken)
+    assert len(set(woken)) < len(woken), "some callers left on the same tick"
     slots = [100.0 + i / 83 for i in range(1, 9)]
     assert all(start >= slot - 1e-9 for start, slot in zip(woken, slots, strict=True))
-    assert all(start - slot < 0.05 for start, slot in zip(woken, slots, strict=True))
+    assert all(start - slot < tick for start, slot in zip(woken, slots, strict=True))
 
 
 async def test_local_limiter_pause_delays_the_next_caller() -> None:
