@@ -52,11 +52,13 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     worker = Worker(settings)
+    # Before consuming: the one full collection pauses the loop, and no command may be in
+    # flight then (a pause makes its Redis calls time out).
+    heap.settle()
     try:
         await worker.start()
     except (OSError, ConnectionError) as exc:
         return _broker_unreachable(settings, exc)
-    heap.settle()
     await stop.wait()
     await worker.stop()
     return 0

@@ -1,4 +1,4 @@
-"""The worker process's garbage collector, set once the worker is up.
+"""The worker process's garbage collector, set once the worker is built, before it consumes.
 
 Python's cyclic collector runs a young collection every 700 container allocations, and a full
 one (over the whole heap) as the heap grows. A command allocates a few thousand containers
@@ -23,7 +23,7 @@ YOUNG_THRESHOLD = 10_000
 
 def settle() -> None:
     """Collect once, freeze what survives, and space young collections out. Process-wide:
-    called by the `run` command once the worker consumes, never by a library user."""
+    called by the `run` command before the worker consumes, never by a library user."""
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
