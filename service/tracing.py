@@ -217,7 +217,7 @@ class MessageTracing(BaseMiddleware[RabbitPublishCommand, Any]):
     Ours rather than FastStream's `TelemetryMiddleware`: that one built a `create` span beside
     each publish (and each command without a `traceparent`), metric instruments and context
     scopes per message, costing 0.4-0.6 CPU-ms per command at the top tier's budget even with
-    `always_off` sampling, where these two spans cost 0.1 (bench/README.md). Exceptions are
+    `always_off` sampling, where this one costs 0.03 (bench/README.md). Exceptions are
     not recorded on them (`Tracing.span`), and no id is an attribute (`BrokerNames`).
     """
 

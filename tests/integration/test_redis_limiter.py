@@ -226,6 +226,23 @@ async def test_the_url_chooses_the_database_and_the_user(redis: Redis, redis_pre
         await redis.acl_deluser(user)
 
 
+class Checks:
+    """Counts a limiter's `check` calls (a sleeper asking the store again), each held `delay`
+    seconds first, as a slower store would."""
+
+    def __init__(self, limiter: RedisLimiter, delay: float = 0.0) -> None:
+        self.count = 0
+        run = limiter._run
+
+        async def counted(mode: str, seconds: float = 0.0) -> tuple[float, str, bool]:
+            if mode == "check":
+                self.count += 1
+                await asyncio.sleep(delay)
+            return await run(mode, seconds)
+
+        limiter._run = counted  # type: ignore[method-assign]
+
+
 async def test_a_sleeper_learns_of_another_replicas_pause_and_fresh_answers_spare_the_check(
     redis: Redis, redis_prefix: str
 ) -> None:
@@ -245,15 +262,7 @@ async def test_a_sleeper_learns_of_another_replicas_pause_and_fresh_answers_spar
 
     busy = RedisLimiter(redis, RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}"),
                         (Bucket(rate=200, burst=1),))  # fmt: skip
-    checks = 0
-    run = busy._run
-
-    async def counted(mode: str, seconds: float = 0.0) -> tuple[float, str, bool]:
-        nonlocal checks
-        checks += mode == "check"
-        return await run(mode, seconds)
-
-    busy._run = counted  # type: ignore[method-assign]
+    checks = Checks(busy)
 
     async def caller(delay: float) -> None:
         await asyncio.sleep(delay)
@@ -261,7 +270,7 @@ async def test_a_sleeper_learns_of_another_replicas_pause_and_fresh_answers_spar
 
     # Arriving twice as fast as the budget: each sleeps, while the others keep reserving.
     await asyncio.gather(*(caller(i / 400) for i in range(200)))
-    assert 0 < checks < 50, f"{checks} of 200 callers asked again"
+    assert 0 < checks.count < 50, f"{checks.count} of 200 callers asked again"
 
 
 async def test_sleepers_waking_on_one_tick_share_one_check(redis: Redis, redis_prefix: str) -> None:
@@ -271,25 +280,16 @@ async def test_sleepers_waking_on_one_tick_share_one_check(redis: Redis, redis_p
     waits leaves the check to the others."""
     limiter = RedisLimiter(redis, RedisKeys(f"{redis_prefix}:{uuid.uuid4().hex}"),
                            (Bucket(rate=40, burst=10),))  # fmt: skip
-    checks = 0
-    run = limiter._run
-
-    async def counted(mode: str, seconds: float = 0.0) -> tuple[float, str, bool]:
-        nonlocal checks
-        if mode == "check":
-            checks += 1
-            await asyncio.sleep(0.003)  # a slower store, within the lateness allowed (12.5 ms)
-        return await run(mode, seconds)
-
-    limiter._run = counted  # type: ignore[method-assign]
+    # A slower store, within the lateness allowed (12.5 ms).
+    checks = Checks(limiter, delay=0.003)
     for _ in range(10):
         await limiter.acquire()
     sleepers = [asyncio.create_task(limiter.acquire()) for _ in range(12)]
-    while not checks:
+    while not checks.count:
         await asyncio.sleep(0.001)
     next(sleeper for sleeper in sleepers if not sleeper.done()).cancel()
     done = await asyncio.gather(*sleepers, return_exceptions=True)
     cancelled = [d for d in done if isinstance(d, asyncio.CancelledError)]
     assert len(cancelled) == 1
     assert all(isinstance(wait, float) for wait in done if wait not in cancelled)
-    assert 1 <= checks <= 6, f"{checks} checks for 12 sleepers"
+    assert 1 <= checks.count <= 6, f"{checks.count} checks for 12 sleepers"
